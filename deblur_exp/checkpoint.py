@@ -1,0 +1,69 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, versioned and labelled.
+
+A checkpoint is a plain dict of tensors and primitives (no pickled classes), so the safe loader can read it
+and a crafted file cannot run code. It carries the architecture name and the resolved config, so evaluation
+and inference scripts can rebuild the model from the file alone.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deblur_exp.errors import DeblurError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` via a temp file, fsync and rename: a kill leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely; every way it can be wrong becomes one DeblurError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeblurError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DeblurError(f"{path}: refused to load: the file holds objects other than tensors and plain data "
+                          f"(weights_only=True); it may be malicious ({str(exc).splitlines()[0][:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise DeblurError(f"{path}: checkpoint is truncated or corrupt ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
+        raise DeblurError(f"{path}: not a deblur_exp checkpoint (no format_version/model entries)")
+    if state["format_version"] > FORMAT_VERSION:
+        raise DeblurError(f"{path}: checkpoint format {state['format_version']} is newer than this deblur_exp "
+                          f"understands ({FORMAT_VERSION}); upgrade deblur_exp")
+    if expected_arch is not None and state.get("arch") != expected_arch:
+        raise DeblurError(f"{path}: checkpoint holds a '{state.get('arch')}' model but the config asks for "
+                          f"'{expected_arch}'; set model={state.get('arch')} or pick another checkpoint")
+    return state

@@ -1,0 +1,217 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/`` hold the values and a comment per key; these dataclasses hold the types, so a
+typo'd key or a string where a number belongs fails when the config is composed, naming the key. Range and
+consistency checks that types cannot express live in :func:`check_config`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from deblur_exp.errors import DeblurError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+
+# One id per process: two runs that start in the same second still get different folders.
+_RUN_ID = f"{os.getpid()}{secrets.token_hex(2)}"
+
+
+def _register_resolvers() -> None:
+    resolvers = {
+        "deblur_root": lambda: str(REPO_ROOT),
+        "deblur_run_id": lambda: _RUN_ID,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    source: str = "folder"
+    root: Optional[str] = None
+    images: Optional[List[str]] = None
+    val_images: Optional[List[str]] = None
+    patch_size: int = 35
+    stride: int = 14
+    val_fraction: float = 0.1
+    split: str = "image"
+    cache: bool = True
+    download: bool = False
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    expected_images: Optional[int] = None
+
+
+@dataclass
+class DegradationConfig:
+    name: str = MISSING
+    blur_kernel: int = 7
+    blur_sigma: float = 0.0
+    scale: int = 3
+    down_interp: str = "area"
+    up_interp: str = "linear"
+    apply_to: str = "image"
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class SchedulerConfig:
+    # None means a constant learning rate.
+    _target_: Optional[str] = None
+    _partial_: bool = True
+
+
+@dataclass
+class PlateauConfig(SchedulerConfig):
+    mode: str = "min"
+    factor: float = 0.5
+    patience: int = 5
+    min_lr: float = 0.0
+
+
+@dataclass
+class CosineConfig(SchedulerConfig):
+    T_max: int = MISSING
+    eta_min: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    device: str = "auto"
+    epochs: int = 6
+    batch_size: int = 30
+    val_batch_size: Optional[int] = None
+    loss: str = "mse"
+    seed: int = 42
+    limit_train_batches: Optional[int] = None
+    limit_val_batches: Optional[int] = None
+    image_every: int = 5
+    num_image_samples: int = 8
+    precision: str = "32"
+    channels_last: Optional[bool] = None
+    compile: bool = False
+    deterministic: bool = False
+    num_threads: Optional[int] = None
+    progress: bool = True
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    output_root: str = MISSING
+    cache_dir: str = MISSING
+    run_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    degradation: DegradationConfig = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: TrainerConfig = MISSING
+    paths: PathsConfig = MISSING
+    eval: Any = None
+    resume: Optional[str] = None
+    task_name: str = "train"
+
+
+def register_configs() -> None:
+    """Register the resolvers and schemas; called on import so any entry point gets them."""
+    _register_resolvers()
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="degradation", name="degradation_schema", node=DegradationConfig)
+    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    cs.store(group="scheduler", name="none_schema", node=SchedulerConfig)
+    cs.store(group="scheduler", name="plateau_schema", node=PlateauConfig)
+    cs.store(group="scheduler", name="cosine_schema", node=CosineConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="paths", name="paths_schema", node=PathsConfig)
+
+
+register_configs()
+
+
+CHOICES = {
+    "data.source": ("sample", "folder"),
+    "data.split": ("patch", "image"),
+    "degradation.apply_to": ("patch", "image"),
+    "degradation.down_interp": ("nearest", "linear", "cubic", "area", "lanczos"),
+    "degradation.up_interp": ("nearest", "linear", "cubic", "area", "lanczos"),
+    "trainer.loss": ("mse", "l1"),
+    "trainer.precision": ("32", "bf16", "fp16"),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Range and consistency checks, run before any data is read; each failure names its key."""
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise DeblurError(f"{key}: {message} (got {OmegaConf.select(cfg, key)!r})")
+
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        need(str(value) in allowed, key, f"must be one of {', '.join(allowed)}")
+    t, d, g = cfg.trainer, cfg.data, cfg.degradation
+    need(cfg.optimizer.lr > 0, "optimizer.lr", "must be positive")
+    need(t.epochs > 0, "trainer.epochs", "must be a positive integer")
+    need(t.batch_size > 0, "trainer.batch_size", "must be a positive integer")
+    need(t.val_batch_size is None or t.val_batch_size > 0, "trainer.val_batch_size", "must be positive or null")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        need(t[key] is None or t[key] > 0, f"trainer.{key}", "must be positive or null (all batches)")
+    need(t.image_every > 0, "trainer.image_every", "must be a positive integer")
+    need(t.device == "auto" or t.device == "cpu" or t.device.split(":")[0] == "cuda", "trainer.device",
+         "must be auto, cpu, cuda or cuda:N")
+    need(d.patch_size > 0, "data.patch_size", "must be a positive integer")
+    need(d.stride >= 1, "data.stride", "must be at least 1")
+    need(0 < d.val_fraction < 1, "data.val_fraction", "must lie strictly between 0 and 1")
+    need(g.scale >= 1, "degradation.scale", "must be at least 1 (1 = no down/up-scaling)")
+    need(d.patch_size // g.scale >= 1, "data.patch_size",
+         f"is smaller than degradation.scale={g.scale}; a patch must survive the downscale")
+    need(g.blur_kernel == 0 or (g.blur_kernel > 0 and g.blur_kernel % 2 == 1), "degradation.blur_kernel",
+         "must be 0 (no blur) or a positive odd number")
+    need(g.blur_sigma >= 0, "degradation.blur_sigma", "must be >= 0 (0 = derive from the kernel size)")
+    need(math.isfinite(cfg.optimizer.lr), "optimizer.lr", "must be finite")

@@ -1,0 +1,92 @@
+"""Fetch a dataset archive into the data directory: progress bar, checksum, extraction, count check.
+
+Everything happens in a temporary folder beside the target; only a complete, verified folder is renamed
+into place, so a failed download never leaves a half-extracted dataset behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from deblur_exp.data.images import IMAGE_SUFFIXES
+from deblur_exp.errors import DeblurError
+
+log = logging.getLogger(__name__)
+
+
+def _download(url: str, dest: Path, timeout: float) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name}", leave=False) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            if total is not None and dest.stat().st_size != total:
+                raise DeblurError(f"{url}: download truncated ({dest.stat().st_size} of {total} bytes)")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise DeblurError(f"{url}: download failed ({reason}); check the URL and the network, "
+                          f"or put the images in place by hand") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _extract(archive: Path, dest: Path, url: str) -> None:
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(dest)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as t:
+                t.extractall(dest, filter="data")
+        else:
+            raise DeblurError(f"{url}: not a zip or tar archive (truncated or wrong URL?)")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise DeblurError(f"{url}: archive is corrupt or truncated ({exc})") from None
+
+
+def _image_folder(extracted: Path) -> Path:
+    """The folder in the archive that holds the images (archives often wrap them in one top folder)."""
+    candidates = [extracted] + sorted(p for p in extracted.rglob("*") if p.is_dir())
+    counts = {d: sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for d in candidates}
+    return max(counts, key=counts.get)
+
+
+def fetch_dataset(url: str, root: Path, sha256: str | None = None, expected_images: int | None = None,
+                  timeout: float = 60.0) -> Path:
+    """Download ``url`` (zip or tar), verify and extract it so that ``root`` holds the images."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s into %s", url, root)
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}-", dir=root.parent) as tmp:
+        archive = Path(tmp) / "archive"
+        _download(url, archive, timeout)
+        if sha256 and _sha256(archive) != sha256.lower():
+            raise DeblurError(f"{url}: checksum mismatch (expected sha256 {sha256}, got {_sha256(archive)}); "
+                              f"the file is corrupt or the URL serves something else")
+        extracted = Path(tmp) / "extracted"
+        _extract(archive, extracted, url)
+        images = _image_folder(extracted)
+        found = sum(1 for f in images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if found == 0 or (expected_images is not None and found != expected_images):
+            raise DeblurError(f"{url}: archive holds {found} images, expected {expected_images or 'at least 1'}")
+        shutil.move(str(images), str(root))
+    log.info("%s: %d images ready", root, found)
+    return root

@@ -1,0 +1,149 @@
+"""Cut aligned (sharp, degraded) patches, split them into train/val, and cache the arrays.
+
+Patches are cut and degraded once; the result is cached as uint8 arrays keyed by a hash of everything that
+determines them (image fingerprint, patch geometry, degradation), so later runs skip straight to training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from deblur_exp.config import DataConfig, DegradationConfig
+from deblur_exp.data.degrade import degrade
+from deblur_exp.data.images import Image
+from deblur_exp.data.sources import image_source
+from deblur_exp.errors import DeblurError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the patch layout or degradation code changes meaning
+
+
+@dataclass
+class PatchSet:
+    sharp: np.ndarray        # N x P x P x 3 uint8
+    degraded: np.ndarray     # N x P x P x 3 uint8, aligned with sharp
+    image_index: np.ndarray  # N, which image each patch came from
+    image_names: list[str]   # one per image
+
+    def __len__(self) -> int:
+        return len(self.sharp)
+
+
+def cut_patches(image: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """All size x size patches with corners on range(0, side - size + 1, stride): N x size x size x C."""
+    windows = sliding_window_view(image, (size, size), axis=(0, 1))[::stride, ::stride]
+    # windows: rows x cols x C x size x size -> N x size x size x C
+    return np.ascontiguousarray(windows.reshape(-1, image.shape[2], size, size).transpose(0, 2, 3, 1))
+
+
+def degrade_and_cut(sharp: np.ndarray, data: DataConfig, spec: DegradationConfig) -> tuple[np.ndarray, np.ndarray]:
+    sharp_patches = cut_patches(sharp, data.patch_size, data.stride)
+    if spec.apply_to == "image":
+        return sharp_patches, cut_patches(degrade(sharp, spec), data.patch_size, data.stride)
+    degraded = np.empty_like(sharp_patches)
+    for i, patch in enumerate(sharp_patches):
+        degraded[i] = degrade(patch, spec)
+    return sharp_patches, degraded
+
+
+def build_patch_set(images: list[Image], data: DataConfig, spec: DegradationConfig) -> PatchSet:
+    sharp, degraded, index = [], [], []
+    for i, image in enumerate(images):
+        s, d = degrade_and_cut(image.rgb, data, spec)
+        sharp.append(s)
+        degraded.append(d)
+        index.append(np.full(len(s), i, dtype=np.int64))
+    return PatchSet(np.concatenate(sharp), np.concatenate(degraded), np.concatenate(index),
+                    [im.name for im in images])
+
+
+def cache_key(fingerprint: list, data: DataConfig, spec: DegradationConfig) -> str:
+    determines = {
+        "version": CACHE_VERSION,
+        "images": fingerprint,
+        "patch_size": data.patch_size,
+        "stride": data.stride,
+        "degradation": {k: v for k, v in dataclasses.asdict(spec).items() if k != "name"},
+    }
+    return hashlib.sha256(json.dumps(determines, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _load_cache(path: Path) -> PatchSet | None:
+    try:
+        with np.load(path) as z:
+            return PatchSet(z["sharp"], z["degraded"], z["image_index"], [str(n) for n in z["image_names"]])
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a damaged cache is rebuilt, never trusted
+        log.warning("ignoring unreadable patch cache %s (%s)", path, exc)
+        return None
+
+
+def _save_cache(path: Path, patches: PatchSet) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, sharp=patches.sharp, degraded=patches.degraded, image_index=patches.image_index,
+                     image_names=np.array(patches.image_names))
+        tmp.replace(path)
+    except OSError as exc:  # a read-only cache folder only costs time
+        log.warning("could not write patch cache %s (%s)", path, exc)
+
+
+def load_patches(data: DataConfig, spec: DegradationConfig, cache_dir: str | Path | None) -> PatchSet:
+    """Patches for ``data`` degraded by ``spec``, from the cache when possible."""
+    source = image_source(data)
+    cache_path = None
+    if data.cache and cache_dir:
+        cache_path = Path(cache_dir) / f"patches-{data.name}-{cache_key(source.fingerprint, data, spec)}.npz"
+        cached = _load_cache(cache_path)
+        if cached is not None:
+            log.info("patches: %d from cache %s", len(cached), cache_path)
+            return cached
+    images = source.load(data.patch_size)
+    if not images:
+        raise DeblurError(f"data: no usable image of at least {data.patch_size}x{data.patch_size} pixels in "
+                          f"{data.root or data.name} (see the warnings above)")
+    patches = build_patch_set(images, data, spec)
+    log.info("patches: cut %d from %d images", len(patches), len(images))
+    if cache_path is not None:
+        _save_cache(cache_path, patches)
+    return patches
+
+
+def split_indices(patches: PatchSet, data: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) patch indices; seeded, so the same config always gives the same split."""
+    generator = torch.Generator().manual_seed(seed)
+    if data.split == "patch":
+        order = torch.randperm(len(patches), generator=generator).numpy()
+        n_val = math.ceil(data.val_fraction * len(patches))
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    names = patches.image_names
+    if data.val_images:
+        missing = sorted(set(data.val_images) - set(names))
+        if missing:
+            raise DeblurError(f"data.val_images: {', '.join(missing)} not among the usable images "
+                              f"({', '.join(names)})")
+        val_images = [i for i, n in enumerate(names) if n in data.val_images]
+    else:
+        if len(names) < 2:
+            raise DeblurError("data.split=image needs at least 2 usable images; use data.split=patch")
+        n_val = min(len(names) - 1, max(1, round(data.val_fraction * len(names))))
+        val_images = torch.randperm(len(names), generator=generator)[:n_val].tolist()
+    is_val = np.isin(patches.image_index, val_images)
+    if is_val.all():
+        raise DeblurError("data.val_images: every image is held out; leave at least one for training")
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -1,0 +1,75 @@
+"""Model registry, after timm's: ``@register_model`` fills one dict, ``build_model`` builds.
+
+Architecture modules in this package are discovered and imported on first use, so adding a model means
+adding one module (plus one ``conf/model/*.yaml``) and nothing else. A module that fails to import is
+reported by name instead of taking the whole package down.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+import logging
+import pkgutil
+from typing import Callable
+
+from torch import nn
+
+from deblur_exp.errors import DeblurError
+
+log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_discovered = False
+
+
+def register_model(name: str | None = None):
+    """Register a builder (class or function returning an ``nn.Module``) under ``name``."""
+
+    def decorator(builder):
+        key = (name or builder.__name__).lower()
+        if key in _REGISTRY and _REGISTRY[key] is not builder:
+            raise ValueError(f"model name '{key}' is registered twice")
+        _REGISTRY[key] = builder
+        return builder
+
+    return decorator
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for module in pkgutil.iter_modules(__path__):
+        try:
+            importlib.import_module(f"{__name__}.{module.name}")
+        except Exception as exc:  # one broken architecture must not hide the others
+            log.warning("could not import model module %s: %s", module.name, exc)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, sorted."""
+    _discover()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered model ``name``; unknown names and parameters fail with what is known."""
+    _discover()
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise DeblurError(f"model.name: unknown model '{name}'; known models: {', '.join(list_models())}")
+    builder = _REGISTRY[key]
+    accepted = inspect.signature(builder).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise DeblurError(
+            f"model.params.{unknown[0]}: '{key}' takes no such parameter; it takes: {', '.join(accepted) or 'none'}"
+        )
+    return builder(**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

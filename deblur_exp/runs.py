@@ -1,0 +1,38 @@
+"""Run folders: finding them again, and turning ``resume=<run folder>`` into a Hydra command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _quote(path: Path) -> str:
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """Rewrite ``train.py resume=RUN [overrides]`` so Hydra recomposes RUN's config in RUN's folder.
+
+    The run's saved overrides (``RUN/.hydra/overrides.yaml``) come first and the new ones after, so
+    ``resume=RUN trainer.epochs=50`` keeps the run's model, data and so on, and changes only the epochs.
+    """
+    args = argv[1:]
+    resumes = [a for a in args if a.startswith("resume=")]
+    if not resumes:
+        return argv
+    run = Path(resumes[-1].split("=", 1)[1].strip("'\"")).expanduser().resolve()
+    saved_file = run / ".hydra" / "overrides.yaml"
+    if not (run / "checkpoints" / "last.pt").is_file() or not saved_file.is_file():
+        sys.exit(f"error: resume: {run} is not a run folder with checkpoints/last.pt and .hydra/overrides.yaml")
+    saved = yaml.safe_load(saved_file.read_text()) or []
+    given = {_override_key(a) for a in args if not a.startswith("-")}
+    kept = [o for o in saved if _override_key(o) not in given and _override_key(o) != "resume"
+            and not _override_key(o).startswith("hydra.")]
+    rest = [a for a in args if not a.startswith("resume=")]
+    return [argv[0], *kept, *rest, f"resume={_quote(run)}", f"hydra.run.dir={_quote(run)}"]

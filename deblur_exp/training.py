@@ -1,0 +1,364 @@
+"""The training loop, readable top to bottom: config -> patches -> model -> epochs -> run folder.
+
+``train(cfg)`` is what ``scripts/train.py`` calls and what tests call in-process. Everything it writes goes
+into ``cfg.paths.run_dir``: train.log, metrics.csv, checkpoints/{last,best}.pt and tensorboard/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from deblur_exp.checkpoint import load_checkpoint, save_checkpoint
+from deblur_exp.config import check_config
+from deblur_exp.data.patches import PatchSet, load_patches, split_indices
+from deblur_exp.errors import DeblurError
+from deblur_exp.metrics import batch_psnr
+from deblur_exp.models import build_model, count_parameters
+
+log = logging.getLogger("deblur_exp")
+
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+METRIC_FIELDS = ["epoch", "train_loss", "val_loss", "val_psnr", "val_psnr_degraded", "lr", "epoch_time_s",
+                 "samples_per_s"]
+
+
+# ----------------------------------------------------------------------------------------------- setup
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeblurError(f"trainer.device: '{name}' requested but no CUDA device is available; "
+                          f"use trainer.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; harmless on CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast context for ``trainer.precision``; fp16 needs CUDA (CPU has no fast fp16 kernels)."""
+    if precision == "32":
+        return contextlib.nullcontext
+    if precision == "fp16" and device.type != "cuda":
+        raise DeblurError("trainer.precision: fp16 needs a CUDA device; use bf16 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder and prove it is writable now, not after an hour of training."""
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DeblurError(f"paths.run_dir: cannot write to {run_dir} ({exc.strerror or exc}); "
+                          f"choose a writable paths.output_root or set DEBLUR_OUTPUT_DIR") from None
+
+
+def attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log", mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+    for name in ("deblur_exp",):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    return handler
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class PatchTensors:
+    """Aligned uint8 patch tensors, NCHW, held on the training device; batches are sliced from them."""
+
+    sharp: torch.Tensor
+    degraded: torch.Tensor
+
+    @classmethod
+    def from_patches(cls, patches: PatchSet, indices: np.ndarray, device: torch.device) -> "PatchTensors":
+        def to_tensor(array: np.ndarray) -> torch.Tensor:
+            nchw = torch.from_numpy(array[indices]).permute(0, 3, 1, 2).contiguous()
+            return nchw.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else nchw
+
+        return cls(to_tensor(patches.sharp), to_tensor(patches.degraded))
+
+    def __len__(self) -> int:
+        return len(self.sharp)
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, limit: int | None = None,
+                channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(degraded, sharp) float batches in [0, 1], in ``order`` (a permutation) or sequentially."""
+        n_batches = math.ceil(len(self) / batch_size)
+        if limit is not None:
+            n_batches = min(n_batches, limit)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        for b in range(n_batches):
+            if order is None:
+                idx = slice(b * batch_size, (b + 1) * batch_size)
+            else:
+                idx = order[b * batch_size:(b + 1) * batch_size]
+            yield (self.degraded[idx].to(memory_format=memory_format).float().div_(255),
+                   self.sharp[idx].to(memory_format=memory_format).float().div_(255))
+
+    def num_batches(self, batch_size: int, limit: int | None) -> int:
+        n = math.ceil(len(self) / batch_size)
+        return n if limit is None else min(n, limit)
+
+
+# ---------------------------------------------------------------------------------------------- epochs
+def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, autocast, scaler, channels_last):
+    """One pass over the shuffled training patches; returns the mean loss per sample (synced once)."""
+    t = cfg.trainer
+    model.train()
+    device = train_set.sharp.device
+    order = torch.randperm(len(train_set), generator=generator).to(device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    seen = 0
+    total = train_set.num_batches(t.batch_size, t.limit_train_batches)
+    bar = tqdm(train_set.batches(t.batch_size, order, t.limit_train_batches, channels_last), total=total,
+               desc=f"epoch {epoch}/{t.epochs}", leave=False, disable=not t.progress, unit="batch")
+    for step, (degraded, sharp) in enumerate(bar, start=1):
+        with autocast():
+            loss = loss_fn(model(degraded), sharp)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach().double() * len(sharp)  # weight by batch size: the last batch is smaller
+        seen += len(sharp)
+        if step % 50 == 0 or step == total:  # one host sync per interval, not per step
+            mean = loss_sum.item() / seen
+            if not math.isfinite(mean):
+                raise DeblurError(f"training diverged: loss is {mean} at epoch {epoch}, step {step}; lower "
+                                  f"optimizer.lr (last good checkpoint kept in checkpoints/)")
+            bar.set_postfix(loss=f"{mean:.5f}")
+    return loss_sum.item() / max(seen, 1), seen
+
+
+@torch.no_grad()
+def evaluate_patches(model, val_set, loss_fn, batch_size, limit, autocast, channels_last) -> dict[str, float]:
+    """Mean per-patch loss, restored PSNR and degraded PSNR (the do-nothing baseline) over val patches."""
+    model.eval()
+    device = val_set.sharp.device
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    count = 0
+    for degraded, sharp in val_set.batches(batch_size, None, limit, channels_last):
+        with autocast():
+            restored = model(degraded)
+        restored = restored.float()
+        per_patch_loss = loss_fn(restored, sharp, reduction="none").flatten(1).mean(dim=1)
+        sums += torch.stack([per_patch_loss.double().sum(), batch_psnr(restored, sharp).sum(),
+                             batch_psnr(degraded, sharp).sum()])
+        count += len(sharp)
+    loss, psnr, psnr_degraded = (sums / max(count, 1)).tolist()
+    return {"val_loss": loss, "val_psnr": psnr, "val_psnr_degraded": psnr_degraded}
+
+
+# ------------------------------------------------------------------------------------------ bookkeeping
+class MetricsTable:
+    """metrics.csv, one row per epoch; on resume, rows past the checkpoint's epoch are dropped."""
+
+    def __init__(self, path: Path, keep_through_epoch: int):
+        self.path = path
+        rows = []
+        if path.exists() and keep_through_epoch > 0:
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, METRIC_FIELDS).writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def image_grid(model, val_set, count, autocast, channels_last) -> torch.Tensor:
+    """degraded | restored | sharp rows for ``count`` fixed validation patches, as a CHW image."""
+    from torchvision.utils import make_grid
+
+    picks = torch.linspace(0, len(val_set) - 1, min(count, len(val_set))).long().to(val_set.sharp.device)
+    subset = PatchTensors(val_set.sharp[picks], val_set.degraded[picks])
+    degraded, sharp = next(subset.batches(len(subset), channels_last=channels_last))
+    model.eval()
+    with torch.no_grad(), autocast():
+        restored = model(degraded).float().clamp(0, 1)
+    rows = torch.stack([degraded, restored, sharp], dim=1).flatten(0, 1)
+    return make_grid(rows.float().cpu(), nrow=3, padding=2)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["shuffle"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def make_scheduler(cfg: DictConfig, optimizer):
+    if cfg.scheduler.get("_target_") is None:
+        return None
+    return instantiate(cfg.scheduler)(optimizer)
+
+
+def step_scheduler(scheduler, val_loss: float) -> None:
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(cfg: DictConfig) -> float:
+    """Train one run as ``cfg`` says; returns the best validation PSNR (the sweepers' objective)."""
+    check_config(cfg)
+    t = cfg.trainer
+    run_dir = Path(cfg.resume or cfg.paths.run_dir).expanduser().resolve()
+    prepare_run_dir(run_dir)
+    handler = attach_log_file(run_dir)
+    try:
+        return _train(cfg, t, run_dir)
+    finally:
+        logging.getLogger("deblur_exp").removeHandler(handler)
+        handler.close()
+
+
+def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
+    device = resolve_device(t.device)
+    autocast = autocast_for(t.precision, device)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    seed_everything(t.seed, t.deterministic)
+    channels_last = t.channels_last if t.channels_last is not None else True
+    log.info("run folder: %s", run_dir)
+
+    # Data: cut, degrade and split once; then hold everything as tensors on the device.
+    data_cfg, degradation = OmegaConf.to_object(cfg.data), OmegaConf.to_object(cfg.degradation)
+    patches = load_patches(data_cfg, degradation, cfg.paths.cache_dir)
+    train_idx, val_idx = split_indices(patches, data_cfg, t.seed)
+    train_set = PatchTensors.from_patches(patches, train_idx, device)
+    val_set = PatchTensors.from_patches(patches, val_idx, device)
+    del patches
+    log.info("data %s: %d train / %d val patches of %dx%d (split=%s, degradation=%s applied per %s)",
+             data_cfg.name, len(train_set), len(val_set), data_cfg.patch_size, data_cfg.patch_size,
+             data_cfg.split, degradation.name, degradation.apply_to)
+
+    # Model, optimizer, scheduler, loss.
+    model = build_model(cfg.model.name, **cfg.model.params).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    scheduler = make_scheduler(cfg, optimizer)
+    loss_fn = LOSSES[t.loss]
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    forward_model = torch.compile(model) if t.compile else model
+    log.info("model %s: %d parameters on %s (precision %s, channels_last=%s)", cfg.model.name,
+             count_parameters(model), device, t.precision, channels_last)
+
+    generator = torch.Generator().manual_seed(t.seed)
+    start_epoch, best_psnr, best_epoch = 0, -math.inf, 0
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    if cfg.resume:
+        state = load_checkpoint(last_path, expected_arch=cfg.model.name)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state.get("scaler") or {})
+        restore_rng(state["rng"], generator)
+        start_epoch, best_psnr, best_epoch = state["epoch"], state["best_psnr"], state["best_epoch"]
+        log.info("resumed from %s at epoch %d (best val PSNR %.3f dB at epoch %d)", last_path, start_epoch,
+                 best_psnr, best_epoch)
+    metrics = MetricsTable(run_dir / "metrics.csv", keep_through_epoch=start_epoch)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1 if start_epoch else None)
+    if start_epoch == 0:
+        writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```", 0)
+    val_batch = t.val_batch_size or 4 * t.batch_size
+    resolved_config = OmegaConf.to_yaml(cfg, resolve=True)
+
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        started = time.perf_counter()
+        train_loss, seen = train_epoch(forward_model, train_set, optimizer, loss_fn, cfg, epoch, generator,
+                                       autocast, scaler, channels_last)
+        train_time = time.perf_counter() - started
+        val = evaluate_patches(forward_model, val_set, loss_fn, val_batch, t.limit_val_batches, autocast,
+                               channels_last)
+        lr = optimizer.param_groups[0]["lr"]
+        step_scheduler(scheduler, val["val_loss"])
+        epoch_time = time.perf_counter() - started
+        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "epoch_time_s": round(epoch_time, 3),
+               "samples_per_s": round(seen / train_time, 1)}
+        metrics.append(row)
+        for tag, key in (("train/loss", "train_loss"), ("val/loss", "val_loss"), ("val/psnr", "val_psnr"),
+                         ("val/psnr_degraded", "val_psnr_degraded"), ("lr", "lr"),
+                         ("perf/samples_per_s", "samples_per_s"), ("perf/epoch_time_s", "epoch_time_s")):
+            writer.add_scalar(tag, row[key], epoch)
+        if epoch == 1 or epoch % t.image_every == 0 or epoch == t.epochs:
+            writer.add_image("val/degraded|restored|sharp",
+                             image_grid(model, val_set, t.num_image_samples, autocast, channels_last), epoch)
+        writer.flush()
+        log.info("epoch %d/%d  train_loss %.6f  val_loss %.6f  val_psnr %.3f dB (degraded %.3f)  lr %.2e  "
+                 "%.1fs  %.0f samples/s", epoch, t.epochs, train_loss, val["val_loss"], val["val_psnr"],
+                 val["val_psnr_degraded"], lr, epoch_time, row["samples_per_s"])
+
+        # best.pt before last.pt: a kill in between resumes from the previous epoch and redoes this one.
+        state = {"arch": cfg.model.name, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "scaler": scaler.state_dict(), "epoch": epoch, "rng": rng_state(generator),
+                 "config": resolved_config, "metrics": row}
+        if val["val_psnr"] > best_psnr:
+            best_psnr, best_epoch = val["val_psnr"], epoch
+            save_checkpoint(best_path, {**state, "best_psnr": best_psnr, "best_epoch": best_epoch})
+        save_checkpoint(last_path, {**state, "best_psnr": best_psnr, "best_epoch": best_epoch})
+
+    writer.close()
+    log.info("done: best val PSNR %.3f dB at epoch %d; checkpoints in %s", best_psnr, best_epoch,
+             run_dir / "checkpoints")
+    return best_psnr
