@@ -1,8 +1,16 @@
-"""Image-quality metrics. Images are float tensors in [0, 1], data range 1.0."""
+"""Image-quality metrics, following the super-resolution literature's protocol (as BasicSR does).
+
+Images are HxWx3 RGB arrays, uint8 (scaled by 1/255) or float in [0, 1]; everything is computed in float64
+with data range 1.0 after clamping to [0, 1]. Options: ``y_channel`` (ITU-R BT.601 luma) and ``crop_border``
+(pixels shaved from every side). SSIM is scikit-image's implementation with the Wang et al. (2004) settings:
+Gaussian window, sigma 1.5 (11x11 taps), population covariances.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from skimage.metrics import structural_similarity
 
 # Identical patches (flat regions) have zero error; capping the MSE keeps per-patch averages finite.
 MIN_MSE = 1e-10
@@ -12,3 +20,43 @@ def batch_psnr(restored: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
     """PSNR of each image in an NCHW batch (restored clamped to [0, 1]), in float64, capped at 100 dB."""
     error = (restored.clamp(0, 1).double() - sharp.double()).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(1.0 / error.clamp_min(MIN_MSE))
+
+
+def to_float64(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image.astype(np.float64) / 255.0
+    return np.clip(image.astype(np.float64), 0.0, 1.0)
+
+
+def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of RGB in [0, 1], in [16/255, 235/255] (MATLAB's rgb2ycbcr, as SR papers use)."""
+    return (16.0 + rgb @ np.array([65.481, 128.553, 24.966])) / 255.0
+
+
+def _prepare(image: np.ndarray, y_channel: bool, crop_border: int) -> np.ndarray:
+    image = to_float64(image)
+    if crop_border:
+        image = image[crop_border:-crop_border, crop_border:-crop_border]
+    return rgb_to_y(image)[..., None] if y_channel else image
+
+
+def _check(restored: np.ndarray, sharp: np.ndarray, crop_border: int) -> None:
+    if restored.shape != sharp.shape:
+        raise ValueError(f"shapes differ: restored {restored.shape} vs sharp {sharp.shape}")
+    if crop_border < 0 or 2 * crop_border >= min(sharp.shape[:2]):
+        raise ValueError(f"crop_border={crop_border} leaves nothing of a {sharp.shape[1]}x{sharp.shape[0]} image")
+
+
+def psnr(restored: np.ndarray, sharp: np.ndarray, y_channel: bool = False, crop_border: int = 0) -> float:
+    """Peak signal-to-noise ratio in dB; ``inf`` for identical images."""
+    _check(restored, sharp, crop_border)
+    error = np.mean((_prepare(restored, y_channel, crop_border) - _prepare(sharp, y_channel, crop_border)) ** 2)
+    return float("inf") if error == 0 else float(10.0 * np.log10(1.0 / error))
+
+
+def ssim(restored: np.ndarray, sharp: np.ndarray, y_channel: bool = False, crop_border: int = 0) -> float:
+    """Structural similarity, per channel and averaged (Gaussian window, sigma 1.5, data range 1.0)."""
+    _check(restored, sharp, crop_border)
+    a, b = _prepare(restored, y_channel, crop_border), _prepare(sharp, y_channel, crop_border)
+    return float(structural_similarity(a, b, data_range=1.0, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False))

@@ -1,0 +1,51 @@
+"""Shared fixtures: composing configs in-process, tiny training budgets, the shared datasets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from deblur_exp.config import CONF_DIR, REPO_ROOT
+
+DATA_DIR = Path(os.environ.get("DEBLUR_DATA_DIR", REPO_ROOT / "data"))
+
+# A budget that exercises every code path in seconds: two small sample images, 16x16 patches, 2 steps.
+TINY = [
+    "data=sample", "data.images=[chelsea,coffee]", "data.val_images=[chelsea]", "data.patch_size=16",
+    "data.stride=16", "trainer.batch_size=8", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+    "trainer.epochs=2", "trainer.progress=false", "trainer.device=cpu", "trainer.image_every=1",
+]
+
+
+def dataset(name: str) -> Path:
+    """A folder of the shared datasets; tests needing it skip, saying where they looked, when it is absent."""
+    folder = DATA_DIR / name
+    if not folder.is_dir():
+        pytest.skip(f"{name} not found at {folder}: set DEBLUR_DATA_DIR to the folder holding T91/Set5/Set14")
+    return folder
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """compose('train') with test-friendly paths under tmp_path plus the given overrides."""
+
+    def _make(overrides=(), run_dir: Path | None = None):
+        paths = [f"paths.output_root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+                 f"paths.run_dir={run_dir or tmp_path / 'run'}"]
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("train", overrides=[*paths, *overrides])
+
+    return _make
+
+
+def run_script(script: str, *args: str, env: dict | None = None, cwd: Path | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run scripts/<script> the way a user would, capturing output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / script), *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd or REPO_ROOT, timeout=timeout)

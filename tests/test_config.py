@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from deblur_exp.config import CONF_DIR, check_config
+from deblur_exp.errors import DeblurError
+
+GROUPS = ["model", "data", "degradation", "optimizer", "scheduler", "trainer", "paths", "experiment"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_and_passes_checks(make_cfg, group, option):
+    extra = ["data.root=/some/folder"] if option == "folder" else []
+    cfg = make_cfg([f"{group}={option}", *extra])
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    check_config(cfg)
+
+
+def test_yaml_keys_carry_comments():
+    for path in CONF_DIR.rglob("*.yaml"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            is_key = ":" in stripped and not stripped.startswith(("#", "-")) and not stripped.endswith(":")
+            if is_key and path.parent.name != "hydra":
+                assert "#" in line, f"{path.relative_to(CONF_DIR)}:{number} has no comment: {line!r}"
+
+
+def test_seed_experiment_settings(make_cfg):
+    cfg = make_cfg(["experiment=seed", "model=edsr"])
+    assert cfg.model.name == "edsr"
+    assert (cfg.data.name, cfg.data.patch_size, cfg.data.stride, cfg.data.split) == ("t91", 35, 14, "patch")
+    assert (cfg.degradation.apply_to, cfg.degradation.blur_kernel, cfg.degradation.scale) == ("patch", 7, 3)
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.trainer.loss) == (30, 202, "mse")
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 5e-4
+    assert cfg.scheduler._target_.endswith("ReduceLROnPlateau")
+    assert (cfg.scheduler.patience, cfg.scheduler.factor) == (5, 0.5)
+
+
+def test_shell_style_overrides(make_cfg):
+    cfg = make_cfg(["model=dncnn", "optimizer.lr=1e-3", "trainer.batch_size=64", "degradation.scale=4"])
+    assert (cfg.model.name, cfg.optimizer.lr, cfg.trainer.batch_size, cfg.degradation.scale) == ("dncnn", 1e-3, 64, 4)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("trainer.epcohs=3", "trainer.epcohs"),
+    ("trainer.epochs=many", "trainer.epochs"),
+    ("optimizer.lr=fast", "optimizer.lr"),
+    ("optimizer.momentum=0.9", "optimizer.momentum"),  # adam has no momentum
+    ("data.patch_size=[1]", "data.patch_size"),
+])
+def test_schema_rejects_typos_and_wrong_types(make_cfg, override, key):
+    with pytest.raises(ConfigCompositionException, match=key.replace(".", r"\.")):
+        make_cfg([override])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lr=0", "optimizer.lr: must be positive"),
+    ("trainer.batch_size=0", "trainer.batch_size: must be a positive integer"),
+    ("trainer.epochs=-1", "trainer.epochs: must be a positive integer"),
+    ("data.stride=0", "data.stride: must be at least 1"),
+    ("data.val_fraction=1.0", "data.val_fraction: must lie strictly between 0 and 1"),
+    ("data.patch_size=2", "data.patch_size: is smaller than degradation.scale=3"),
+    ("degradation.blur_kernel=4", "degradation.blur_kernel: must be 0 .no blur. or a positive odd number"),
+    ("trainer.device=tpu", "trainer.device: must be auto, cpu, cuda or cuda:N"),
+    ("trainer.loss=huber", "trainer.loss: must be one of mse, l1"),
+    ("data.split=random", "data.split: must be one of patch, image"),
+])
+def test_out_of_range_values_name_the_key(make_cfg, override, message):
+    with pytest.raises(DeblurError, match=message):
+        check_config(make_cfg([override]))
+
+
+def test_data_dir_comes_from_the_environment(monkeypatch, make_cfg):
+    monkeypatch.setenv("DEBLUR_DATA_DIR", "/datasets/here")
+    assert make_cfg(["data=t91"]).data.root == "/datasets/here/T91"
+    monkeypatch.delenv("DEBLUR_DATA_DIR")
+    cfg = make_cfg(["data=t91"])
+    assert Path(cfg.data.root) == Path(cfg.paths.root_dir) / "data" / "T91"

@@ -1,0 +1,104 @@
+import csv
+import logging
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from deblur_exp.checkpoint import load_checkpoint
+from deblur_exp.errors import DeblurError
+from deblur_exp.training import METRIC_FIELDS, train
+from tests.conftest import TINY, dataset
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_run_writes_every_artefact(make_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    best = train(make_cfg(TINY, run_dir))
+    rows = read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == METRIC_FIELDS
+    assert best == max(float(r["val_psnr"]) for r in rows)
+    for row in rows:
+        assert float(row["train_loss"]) > 0 and float(row["val_psnr_degraded"]) > 10
+
+    log_text = (run_dir / "train.log").read_text()
+    assert "train /" in log_text and "val patches" in log_text and "epoch 2/2" in log_text
+
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt", expected_arch="deblurcnn_res")
+    best_ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert last["epoch"] == 2 and best_ckpt["best_psnr"] == pytest.approx(best)
+    for key in ("model", "optimizer", "scheduler", "rng", "config", "best_psnr", "best_epoch"):
+        assert key in last
+    assert "deblurcnn_res" in last["config"]
+    assert not list((run_dir / "checkpoints").glob(".*tmp"))  # no temp file left behind
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/psnr", "lr"} <= scalars
+    assert len(events.Scalars("val/psnr")) == 2
+    assert events.Tags()["images"] and events.Tags()["tensors"]  # image grid and config text
+
+
+def test_resume_matches_an_uninterrupted_run(make_cfg, tmp_path):
+    overrides = [*TINY, "model=deblurcnn", "trainer.epochs=3"]  # deblurcnn uses dropout: RNG state matters
+    whole = tmp_path / "whole"
+    train(make_cfg(overrides, whole))
+    split = tmp_path / "split"
+    train(make_cfg([*overrides, "trainer.epochs=1"], split))
+    train(make_cfg([*overrides, f"resume={split}"], tmp_path / "ignored"))
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(split / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")}
+                                for r in rows]
+    assert drop_timing(read_metrics(whole)) == drop_timing(read_metrics(split))
+
+
+def test_resume_refuses_another_architecture(make_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    train(make_cfg([*TINY, "trainer.epochs=1"], run_dir))
+    with pytest.raises(DeblurError, match="holds a 'deblurcnn_res' model but the config asks for 'edsr'"):
+        train(make_cfg([*TINY, "model=edsr", f"resume={run_dir}"], run_dir))
+
+
+@pytest.mark.parametrize("optimizer,scheduler,loss", [("sgd", "cosine", "l1"), ("adamw", "none", "mse")])
+def test_optimizer_scheduler_and_loss_options_train(make_cfg, tmp_path, optimizer, scheduler, loss):
+    cfg = make_cfg([*TINY, "model=srcnn", f"optimizer={optimizer}", f"scheduler={scheduler}", f"trainer.loss={loss}"])
+    assert train(cfg) > 0
+
+
+def test_bf16_autocast_runs_on_cpu(make_cfg):
+    assert train(make_cfg([*TINY, "model=srcnn", "trainer.precision=bf16", "trainer.epochs=1"])) > 0
+
+
+def test_fp16_on_cpu_is_refused(make_cfg):
+    with pytest.raises(DeblurError, match="fp16 needs a CUDA device"):
+        train(make_cfg([*TINY, "trainer.precision=fp16"]))
+
+
+def test_cuda_without_a_gpu_is_refused(make_cfg):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal cannot happen here")
+    with pytest.raises(DeblurError, match="trainer.device: 'cuda' requested but no CUDA device"):
+        train(make_cfg([*TINY, "trainer.device=cuda"]))
+
+
+def test_unwritable_output_fails_at_start(make_cfg, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DeblurError, match="paths.run_dir: cannot write to"):
+        train(make_cfg(TINY, blocker / "run"))
+
+
+def test_seed_experiment_trains_on_t91(make_cfg, tmp_path, caplog):
+    t91 = dataset("T91")
+    cfg = make_cfg(["experiment=seed", "model=edsr", f"data.root={t91}", "trainer.epochs=1",
+                    "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.progress=false",
+                    "trainer.device=cpu"])
+    with caplog.at_level(logging.INFO, logger="deblur_exp"):
+        train(cfg)
+    assert "19548 train / 2173 val patches of 35x35" in caplog.text
