@@ -132,6 +132,24 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    enabled: bool = True
+    sets: List[str] = field(default_factory=lambda: ["Set5", "Set14"])
+    held_out: bool = True
+    images: Optional[str] = None
+    y_channel: bool = False
+    crop_border: int = 0
+    tile: Optional[int] = None
+    tile_overlap: int = 32
+    self_ensemble: bool = False
+    figures: bool = True
+    tensorboard_images: int = 3
+    download: bool = False
+    urls: Dict[str, Optional[str]] = field(default_factory=dict)
+    sha256: Dict[str, Optional[str]] = field(default_factory=dict)
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = MISSING
     data_dir: str = MISSING
@@ -149,7 +167,7 @@ class TrainConfig:
     scheduler: Any = MISSING
     trainer: TrainerConfig = MISSING
     paths: PathsConfig = MISSING
-    eval: Any = None
+    eval: EvalConfig = MISSING
     resume: Optional[str] = None
     task_name: str = "train"
 
@@ -169,6 +187,7 @@ def register_configs() -> None:
     cs.store(group="scheduler", name="cosine_schema", node=CosineConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
+    cs.store(group="eval", name="eval_schema", node=EvalConfig)
 
 
 register_configs()
@@ -215,3 +234,6 @@ def check_config(cfg: DictConfig) -> None:
          "must be 0 (no blur) or a positive odd number")
     need(g.blur_sigma >= 0, "degradation.blur_sigma", "must be >= 0 (0 = derive from the kernel size)")
     need(math.isfinite(cfg.optimizer.lr), "optimizer.lr", "must be finite")
+    need(cfg.eval.crop_border >= 0, "eval.crop_border", "must be >= 0")
+    need(cfg.eval.tile is None or cfg.eval.tile > 0, "eval.tile", "must be positive or null (one pass)")
+    need(cfg.eval.tile_overlap >= 0, "eval.tile_overlap", "must be >= 0")

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+SSIM_WINDOW = 11  # Gaussian window: sigma 1.5 truncated at 3.5 sigma -> 11 taps
+
 # Identical patches (flat regions) have zero error; capping the MSE keeps per-patch averages finite.
 MIN_MSE = 1e-10
 
@@ -57,6 +59,8 @@ def psnr(restored: np.ndarray, sharp: np.ndarray, y_channel: bool = False, crop_
 def ssim(restored: np.ndarray, sharp: np.ndarray, y_channel: bool = False, crop_border: int = 0) -> float:
     """Structural similarity, per channel and averaged (Gaussian window, sigma 1.5, data range 1.0)."""
     _check(restored, sharp, crop_border)
+    if min(sharp.shape[:2]) - 2 * crop_border < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after cropping")
     a, b = _prepare(restored, y_channel, crop_border), _prepare(sharp, y_channel, crop_border)
     return float(structural_similarity(a, b, data_range=1.0, channel_axis=2, gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False))

@@ -28,6 +28,11 @@ from tqdm import tqdm
 from deblur_exp.checkpoint import load_checkpoint, save_checkpoint
 from deblur_exp.config import check_config
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
+from deblur_exp.data.sources import image_source
+from deblur_exp.evaluation import (IMAGE_FIELDS, eval_image_sets, evaluate_set, load_restorer, summarize,
+                                   write_csv, write_json)
+from deblur_exp.figures import three_panel
+from deblur_exp.restore import to_uint8
 from deblur_exp.errors import DeblurError
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
@@ -280,6 +285,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     data_cfg, degradation = OmegaConf.to_object(cfg.data), OmegaConf.to_object(cfg.degradation)
     patches = load_patches(data_cfg, degradation, cfg.paths.cache_dir)
     train_idx, val_idx = split_indices(patches, data_cfg, t.seed)
+    held_out = sorted({patches.image_names[i] for i in patches.image_index[val_idx]}) if data_cfg.split == "image" else []
     train_set = PatchTensors.from_patches(patches, train_idx, device)
     val_set = PatchTensors.from_patches(patches, val_idx, device)
     del patches
@@ -358,7 +364,51 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
             save_checkpoint(best_path, {**state, "best_psnr": best_psnr, "best_epoch": best_epoch})
         save_checkpoint(last_path, {**state, "best_psnr": best_psnr, "best_epoch": best_epoch})
 
-    writer.close()
     log.info("done: best val PSNR %.3f dB at epoch %d; checkpoints in %s", best_psnr, best_epoch,
              run_dir / "checkpoints")
+    if cfg.eval.enabled:
+        held_out_images = [im for im in image_source(data_cfg).load(1) if im.name in held_out]
+        evaluate_run(cfg, run_dir, device, writer, held_out_images, step=t.epochs)
+    writer.close()
     return best_psnr
+
+
+def evaluate_run(cfg: DictConfig, run_dir: Path, device, writer, held_out, step: int) -> dict:
+    """Score best.pt on the eval sets: eval/<set>.csv, eval/summary.json, figures and TensorBoard."""
+    e = cfg.eval
+    sets, problems = eval_image_sets(e, cfg.paths.data_dir, held_out)
+    for problem in problems:
+        log.warning("eval: skipping %s", problem)
+    if not sets:
+        log.info("eval: no image sets found; nothing scored")
+        return {}
+    restorer = load_restorer(run_dir / "checkpoints" / "best.pt", device, label=cfg.model.name)
+    options = dict(tile=e.tile, tile_overlap=e.tile_overlap, self_ensemble=e.self_ensemble, y_channel=e.y_channel,
+                   crop_border=e.crop_border)
+    summary = {}
+    for set_name, images in sets.items():
+        shown = []
+
+        def keep(image, degraded, restored, row):
+            if e.figures:
+                three_panel(run_dir / "eval" / "figures" / set_name / f"{image.name}.png", image.rgb, degraded,
+                            restored, row["psnr_degraded"], row["psnr_restored"], image.name)
+            if len(shown) < e.tensorboard_images:
+                shown.append((image.name, np.concatenate([degraded, to_uint8(restored), image.rgb], axis=1)))
+
+        rows, bad = evaluate_set(restorer, images, device, progress=cfg.trainer.progress, on_image=keep, **options)
+        for problem in bad:
+            log.warning("eval %s: skipping %s", set_name, problem)
+        write_csv(run_dir / "eval" / f"{set_name}.csv", rows, IMAGE_FIELDS)
+        summary[set_name] = summarize(rows)
+        for key in ("psnr", "ssim"):
+            writer.add_scalar(f"eval/{set_name}/{key}", summary[set_name][f"{key}_restored"], step)
+            writer.add_scalar(f"eval/{set_name}/{key}_degraded", summary[set_name][f"{key}_degraded"], step)
+        for name, strip in shown:
+            writer.add_image(f"eval/{set_name}/{name} degraded|restored|sharp", strip, step, dataformats="HWC")
+        log.info("eval %s: %d images, PSNR %.3f dB (degraded %.3f), SSIM %.4f (degraded %.4f)", set_name,
+                 len(rows), summary[set_name]["psnr_restored"], summary[set_name]["psnr_degraded"],
+                 summary[set_name]["ssim_restored"], summary[set_name]["ssim_degraded"])
+    write_json(run_dir / "eval" / "summary.json", summary)
+    writer.flush()
+    return summary

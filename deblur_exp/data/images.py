@@ -17,6 +17,9 @@ from deblur_exp.errors import DeblurError
 
 log = logging.getLogger(__name__)
 
+# Decoding problems are reported per file by read_image; OpenCV's own stderr warnings would only add noise.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 

@@ -1,0 +1,187 @@
+"""Score trained models on whole images: load a checkpoint, degrade each sharp image exactly as the run
+did, restore it, and tabulate PSNR/SSIM of degraded and restored against sharp."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from deblur_exp.checkpoint import load_checkpoint
+from deblur_exp.config import DegradationConfig
+from deblur_exp.data.degrade import degrade, min_image_size
+from deblur_exp.data.images import IMAGE_SUFFIXES, Image, list_image_files, read_image
+from deblur_exp.errors import DeblurError
+from deblur_exp.metrics import SSIM_WINDOW, psnr, ssim
+from deblur_exp.models import build_model
+from deblur_exp.restore import restore_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_FIELDS = ["image", "size", "psnr_degraded", "psnr_restored", "ssim_degraded", "ssim_restored"]
+
+
+@dataclass
+class Restorer:
+    """A trained model with everything needed to use it: its degradation and where it came from."""
+
+    label: str
+    arch: str
+    model: torch.nn.Module
+    degradation: DegradationConfig
+    checkpoint: Path
+    epoch: int
+    config: dict = field(repr=False)
+
+
+def find_checkpoints(target: str | Path) -> list[Path]:
+    """A checkpoint file, a run folder (its best.pt, else last.pt) or a sweep folder (every run in it)."""
+    target = Path(target).expanduser()
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise DeblurError(f"{target}: no such checkpoint file or run folder")
+    for name in ("best.pt", "last.pt"):
+        if (target / "checkpoints" / name).is_file():
+            return [target / "checkpoints" / name]
+    runs = sorted({p.parent.parent for p in target.rglob("checkpoints/*.pt")})
+    found = [(r / "checkpoints" / "best.pt") if (r / "checkpoints" / "best.pt").is_file()
+             else (r / "checkpoints" / "last.pt") for r in runs]
+    if not found:
+        raise DeblurError(f"{target}: holds no checkpoints/best.pt or last.pt (is it a run or sweep folder?)")
+    return found
+
+
+def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: str | None = None) -> Restorer:
+    """Rebuild the model a checkpoint holds; a run folder's config must agree with it on the architecture."""
+    run_config = checkpoint.parent.parent / ".hydra" / "config.yaml"
+    expected = None
+    if checkpoint.parent.name == "checkpoints" and run_config.is_file():
+        expected = OmegaConf.load(run_config).model.name
+    state = load_checkpoint(checkpoint, expected_arch=expected)
+    config = OmegaConf.to_container(OmegaConf.create(state["config"]))
+    model = build_model(state["arch"], **config["model"].get("params", {}))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise DeblurError(f"{checkpoint}: weights do not fit a '{state['arch']}' model "
+                          f"({str(exc).splitlines()[0][:160]})") from None
+    model.to(device).eval()
+    degradation = DegradationConfig(**config["degradation"])
+    if label is None:
+        run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        label = f"{state['arch']}@{run.name}"
+    return Restorer(label, state["arch"], model, degradation, checkpoint, state["epoch"], config)
+
+
+def read_image_set(folder: Path) -> tuple[list[Image], list[str]]:
+    """Images of a folder; also the problems (one line each) for the files that could not be read."""
+    images, problems = [], []
+    for path in list_image_files(folder):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"{path}: not an image file")
+            continue
+        try:
+            images.append(Image(path.stem, read_image(path)))
+        except DeblurError as exc:
+            problems.append(str(exc))
+    return images, problems
+
+
+def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_overlap=32, self_ensemble=False,
+                y_channel=False, crop_border=0) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Degrade ``sharp`` with the run's own degradation, restore it, and score both against ``sharp``."""
+    height, width = sharp.shape[:2]
+    need = max(min_image_size(restorer.degradation), 2 * crop_border + SSIM_WINDOW)
+    if min(height, width) < need:
+        raise DeblurError(f"image of {width}x{height} is smaller than the {need}x{need} minimum that scoring needs "
+                          f"(degradation.scale={restorer.degradation.scale}, SSIM window {SSIM_WINDOW}, "
+                          f"crop_border={crop_border})")
+    degraded = degrade(sharp, restorer.degradation)
+    restored = restore_image(restorer.model, degraded, device, tile, tile_overlap, self_ensemble)
+    options = {"y_channel": y_channel, "crop_border": crop_border}
+    row = {
+        "size": f"{width}x{height}",
+        "psnr_degraded": psnr(degraded, sharp, **options), "psnr_restored": psnr(restored, sharp, **options),
+        "ssim_degraded": ssim(degraded, sharp, **options), "ssim_restored": ssim(restored, sharp, **options),
+    }
+    return row, degraded, restored
+
+
+def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=True, on_image=None,
+                 **options) -> tuple[list[dict], list[str]]:
+    """Per-image rows for a set; images that fail are reported as problems and the rest carry on."""
+    rows, problems = [], []
+    images = list(images)
+    for image in tqdm(images, desc=f"eval {restorer.label}", leave=False, disable=not progress, unit="img"):
+        try:
+            row, degraded, restored = score_image(restorer, image.rgb, device, **options)
+        except DeblurError as exc:
+            problems.append(f"{image.name}: {exc}")
+            continue
+        rows.append({"image": image.name, **row})
+        if on_image is not None:
+            on_image(image, degraded, restored, row)
+    return rows, problems
+
+
+def summarize(rows: list[dict]) -> dict:
+    keys = ("psnr_degraded", "psnr_restored", "ssim_degraded", "ssim_restored")
+    return {"images": len(rows), **{k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in keys}}
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """Write a table atomically: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def _fmt(value):
+    return f"{value:.4f}" if isinstance(value, float) else value
+
+
+def eval_image_sets(eval_cfg, data_dir: str | Path, held_out: list[Image] | None = None
+                    ) -> tuple[dict[str, list[Image]], list[str]]:
+    """The image sets to score: named folders under ``data_dir`` (downloaded when allowed), an extra folder,
+    and the training run's held-out images. Returns the sets and the problems met reading them."""
+    from deblur_exp.data.download import fetch_dataset
+
+    sets: dict[str, list[Image]] = {}
+    problems: list[str] = []
+    for name in eval_cfg.sets:
+        folder = Path(data_dir) / name
+        url = (eval_cfg.urls or {}).get(name)
+        if not folder.is_dir() and eval_cfg.download and url:
+            fetch_dataset(url, folder, sha256=(eval_cfg.sha256 or {}).get(name))
+        if not folder.is_dir():
+            log.info("eval: skipping %s (no folder %s; set DEBLUR_DATA_DIR or eval.download=true)", name, folder)
+            continue
+        sets[name], bad = read_image_set(folder)
+        problems += bad
+    if eval_cfg.images:
+        sets["images"], bad = read_image_set(Path(eval_cfg.images))
+        problems += bad
+    if eval_cfg.held_out and held_out:
+        sets["held_out"] = held_out
+    return sets, problems

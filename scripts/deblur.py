@@ -1,0 +1,110 @@
+"""Restore your own photos with a trained model.
+
+    python scripts/deblur.py --model RUN_OR_CHECKPOINT INPUT [INPUT ...] --out DIR
+                             [--simulate] [--tile N] [--self-ensemble] [--device D]
+
+INPUT is an image file or a folder of them. Each restored image is written to DIR as <name>_restored.png with
+a before/after figure; inputs are never overwritten. With --simulate the input is taken as sharp ground truth:
+it is degraded with the model's own training degradation first, then restored, and PSNR/SSIM of degraded and
+restored are reported (metrics.csv) with the Sharp | Degraded | Restored figure. Files that cannot be used are
+reported by name, the rest are still processed, and the exit status is 1 if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from deblur_exp.cli import run_cli
+from deblur_exp.data.images import IMAGE_SUFFIXES, list_image_files, read_image, write_image
+from deblur_exp.errors import DeblurError
+from deblur_exp.evaluation import IMAGE_FIELDS, find_checkpoints, load_restorer, score_image, write_csv
+from deblur_exp.figures import before_after, three_panel
+from deblur_exp.restore import restore_image, to_uint8
+from deblur_exp.training import resolve_device
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="run folder or checkpoint file")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    p.add_argument("--out", required=True, type=Path, help="folder for the restored images and figures")
+    p.add_argument("--simulate", action="store_true", help="degrade the (sharp) inputs first, then score")
+    p.add_argument("--tile", type=int, help="restore in tiles of this size (bounded memory)")
+    p.add_argument("--tile-overlap", type=int, default=32, help="context pixels around each tile (default 32)")
+    p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return p.parse_args()
+
+
+def expand_inputs(inputs: list[Path], problems: list[str]) -> list[Path]:
+    files = []
+    for item in inputs:
+        if item.is_dir():
+            for path in list_image_files(item):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(path)
+                else:
+                    problems.append(f"{path}: not an image file")
+        elif item.is_file():
+            files.append(item)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    return files
+
+
+def main() -> int:
+    args = parse_args()
+    if args.tile is not None and args.tile < 1:
+        raise DeblurError("--tile must be >= 1")
+    device = resolve_device(args.device)
+    checkpoint = find_checkpoints(args.model)[0]
+    restorer = load_restorer(checkpoint, device)
+    problems: list[str] = []
+    files = expand_inputs(args.inputs, problems)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeblurError(f"--out: cannot create {args.out} ({exc.strerror or exc})") from None
+    inputs = {f.resolve() for f in files}
+    rows, used_names, written = [], set(), 0
+    for path in tqdm(files, desc="deblur", unit="img", disable=len(files) < 2):
+        stem = path.stem
+        while stem in used_names:  # two inputs with the same name from different folders
+            stem += "_"
+        used_names.add(stem)
+        restored_path = args.out / f"{stem}_restored.png"
+        if restored_path.resolve() in inputs:
+            problems.append(f"{path}: refusing to overwrite an input with {restored_path}")
+            continue
+        try:
+            image = read_image(path)
+            if args.simulate:
+                scores, degraded, restored = score_image(restorer, image, device, args.tile, args.tile_overlap,
+                                                         args.self_ensemble)
+                write_image(args.out / f"{stem}_degraded.png", degraded)
+                three_panel(args.out / f"{stem}_panel.png", image, degraded, restored, scores["psnr_degraded"],
+                            scores["psnr_restored"], path.name)
+                rows.append({"image": path.name, **scores})
+                print(f"{path.name}: PSNR {scores['psnr_degraded']:.2f} -> {scores['psnr_restored']:.2f} dB, "
+                      f"SSIM {scores['ssim_degraded']:.4f} -> {scores['ssim_restored']:.4f}")
+            else:
+                restored = restore_image(restorer.model, image, device, args.tile, args.tile_overlap,
+                                         args.self_ensemble)
+                before_after(args.out / f"{stem}_before_after.png", image, restored, path.name)
+            write_image(restored_path, to_uint8(restored))
+            written += 1
+        except DeblurError as exc:
+            problems.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+    if rows:
+        write_csv(args.out / "metrics.csv", rows, IMAGE_FIELDS)
+    for problem in problems:
+        print(f"error: {problem}")
+    print(f"{written} image(s) restored into {args.out}; {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

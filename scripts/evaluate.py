@@ -1,0 +1,159 @@
+"""Score checkpoints on whole images and compare them.
+
+    python scripts/evaluate.py RUN [RUN ...] [--sets Set5 Set14] [--images FOLDER] [--out DIR]
+                               [--tile N] [--self-ensemble] [--y-channel] [--crop-border N] [--device D]
+
+RUN is a run folder (its best checkpoint), a sweep folder (every run in it) or a checkpoint file. Each image is
+degraded with the checkpoint's own degradation settings, restored, and scored against the sharp original.
+Writes into --out: <model>/<set>.csv per image, summary.csv / summary.md ranking the models by mean restored
+PSNR, the three-panel figure per image, and compare_<image>.png with one restored panel per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deblur_exp.cli import default_data_dir, run_cli
+from deblur_exp.config import REPO_ROOT
+from deblur_exp.data.degrade import degrade
+from deblur_exp.errors import DeblurError
+from deblur_exp.evaluation import (IMAGE_FIELDS, evaluate_set, find_checkpoints, load_restorer, read_image_set,
+                                   summarize, write_csv)
+from deblur_exp.figures import panels, three_panel
+from deblur_exp.metrics import psnr
+from deblur_exp.models import count_parameters
+from deblur_exp.training import resolve_device
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run folders, sweep folders or checkpoint files")
+    p.add_argument("--sets", nargs="*", default=["Set5", "Set14"], help="folders under --data-dir (default: Set5 Set14)")
+    p.add_argument("--images", type=Path, help="another folder of sharp images to score")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
+    p.add_argument("--out", type=Path, help="output folder (default: outputs/eval/<date>_<time>)")
+    p.add_argument("--tile", type=int, help="restore in tiles of this size (bounded memory)")
+    p.add_argument("--tile-overlap", type=int, default=32, help="context pixels around each tile (default 32)")
+    p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations")
+    p.add_argument("--y-channel", action="store_true", help="score BT.601 luma instead of RGB")
+    p.add_argument("--crop-border", type=int, default=0, help="pixels shaved from every side before scoring")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--compare", default="butterfly", help="image for the side-by-side model figure")
+    p.add_argument("--no-figures", action="store_true", help="skip the per-image figures")
+    return p.parse_args()
+
+
+def unique_labels(restorers) -> None:
+    """Label models by architecture; add the run folder where two runs share one."""
+    archs = [r.arch for r in restorers]
+    for r in restorers:
+        if archs.count(r.arch) == 1:
+            r.label = r.arch
+
+
+def main() -> int:
+    args = parse_args()
+    if args.crop_border < 0 or (args.tile is not None and args.tile < 1):
+        raise DeblurError("--crop-border must be >= 0 and --tile >= 1")
+    device = resolve_device(args.device)
+    out = args.out or REPO_ROOT / "outputs" / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    problems: list[str] = []
+
+    checkpoints = [c for run in args.runs for c in find_checkpoints(run)]
+    restorers = []
+    for checkpoint in checkpoints:
+        try:
+            restorers.append(load_restorer(checkpoint, device))
+        except DeblurError as exc:
+            problems.append(str(exc))
+    if not restorers:
+        raise DeblurError("no usable checkpoint: " + "; ".join(problems))
+    unique_labels(restorers)
+
+    sets = {}
+    for name in args.sets:
+        folder = args.data_dir / name
+        if not folder.is_dir():
+            raise DeblurError(f"--sets {name}: no folder {folder}; set --data-dir or DEBLUR_DATA_DIR")
+        sets[name], bad = read_image_set(folder)
+        problems += bad
+    if args.images:
+        if not args.images.is_dir():
+            raise DeblurError(f"--images: {args.images} is not a folder")
+        sets[args.images.name], bad = read_image_set(args.images)
+        problems += bad
+    if not any(sets.values()):
+        raise DeblurError("nothing to score: give --sets that exist or --images with readable images")
+
+    options = dict(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
+                   y_channel=args.y_channel, crop_border=args.crop_border)
+    summary, compare = [], {}
+    for restorer in restorers:
+        row = {"model": restorer.label, "arch": restorer.arch, "parameters": count_parameters(restorer.model),
+               "epoch": restorer.epoch, "checkpoint": str(restorer.checkpoint)}
+        for set_name, images in sets.items():
+            def keep(image, degraded, restored, scores, set_name=set_name):
+                if not args.no_figures:
+                    three_panel(out / restorer.label / "figures" / set_name / f"{image.name}.png", image.rgb,
+                                degraded, restored, scores["psnr_degraded"], scores["psnr_restored"], image.name)
+                if image.name == args.compare:
+                    compare.setdefault("sharp", image.rgb)
+                    compare[restorer.label] = (restored, scores["psnr_restored"])
+
+            rows, bad = evaluate_set(restorer, images, device, on_image=keep, **options)
+            problems += [f"{set_name}/{p}" for p in bad]
+            write_csv(out / restorer.label / f"{set_name}.csv", rows, IMAGE_FIELDS)
+            means = summarize(rows)
+            row.update({f"{set_name}_psnr": means["psnr_restored"], f"{set_name}_ssim": means["ssim_restored"],
+                        f"{set_name}_psnr_degraded": means["psnr_degraded"],
+                        f"{set_name}_ssim_degraded": means["ssim_degraded"]})
+        row["mean_psnr"] = float(np.mean([row[f"{s}_psnr"] for s in sets]))
+        summary.append(row)
+
+    summary.sort(key=lambda r: -r["mean_psnr"] if np.isfinite(r["mean_psnr"]) else np.inf)
+    write_summary(out, summary, list(sets))
+    if "sharp" in compare:
+        write_comparison(out, args.compare, compare, restorers[0])
+    for problem in problems:
+        print(f"warning: {problem}")
+    print(f"results in {out}")
+    return 1 if problems else 0
+
+
+def write_summary(out: Path, summary: list[dict], set_names: list[str]) -> None:
+    fields = ["rank", "model", "arch", "parameters", "epoch", "mean_psnr"]
+    fields += [f"{s}_{k}" for s in set_names for k in ("psnr", "ssim", "psnr_degraded", "ssim_degraded")]
+    for rank, row in enumerate(summary, 1):
+        row["rank"] = rank
+    write_csv(out / "summary.csv", summary, fields + ["checkpoint"])
+    header = ["rank", "model", "parameters", "mean PSNR"] + [f"{s} PSNR / SSIM" for s in set_names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    first = summary[0]
+    lines.append("| - | degraded input | - | - | " + " | ".join(
+        f"{first[f'{s}_psnr_degraded']:.2f} / {first[f'{s}_ssim_degraded']:.4f}" for s in set_names) + " |")
+    for row in summary:
+        cells = [str(row["rank"]), row["model"], f"{row['parameters']:,}", f"{row['mean_psnr']:.2f}"]
+        cells += [f"{row[f'{s}_psnr']:.2f} / {row[f'{s}_ssim']:.4f}" for s in set_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    tmp = out / ".summary.md.tmp"
+    tmp.write_text(table)
+    tmp.replace(out / "summary.md")
+    print(table)
+
+
+def write_comparison(out: Path, name: str, compare: dict, reference) -> None:
+    sharp = compare.pop("sharp")
+    degraded = degrade(sharp, reference.degradation)
+    images = [sharp, degraded] + [restored for restored, _ in compare.values()]
+    titles = ["Sharp", f"Degraded ({psnr(degraded, sharp):.2f} dB)"]
+    titles += [f"{label} ({score:.2f} dB)" for label, (_, score) in compare.items()]
+    panels(out / f"compare_{name}.png", images, titles, name)
+
+
+if __name__ == "__main__":
+    run_cli(main)
