@@ -7,6 +7,7 @@ into place, so a failed download never leaves a half-extracted dataset behind.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import shutil
 import tarfile
@@ -25,19 +26,21 @@ log = logging.getLogger(__name__)
 
 
 def _download(url: str, dest: Path, timeout: float) -> None:
+    received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name}", leave=False) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-            if total is not None and dest.stat().st_size != total:
-                raise DeblurError(f"{url}: download truncated ({dest.stat().st_size} of {total} bytes)")
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.__class__.__name__ + (f": {exc}" if str(exc) else "")
         raise DeblurError(f"{url}: download failed ({reason}); check the URL and the network, "
                           f"or put the images in place by hand") from None
+    if total is not None and received != total:
+        raise DeblurError(f"{url}: download truncated ({received} of {total} bytes)")
 
 
 def _sha256(path: Path) -> str:

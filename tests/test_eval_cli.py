@@ -1,0 +1,148 @@
+"""evaluate.py and deblur.py driven through the shell, on a tiny trained run."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from deblur_exp.data.images import read_image, write_image
+from deblur_exp.training import train
+from tests.conftest import TINY, dataset, run_script, write_sharp_images
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_ends_with_evaluation(make_cfg, tmp_path):
+    set5 = dataset("Set5")
+    sets = write_sharp_images(tmp_path / "data" / "Mini")
+    run_dir = tmp_path / "run"
+    train(make_cfg([*TINY, "model=srcnn", f"paths.data_dir={tmp_path / 'data'}", "eval.sets=[Mini,Absent]",
+                    f"eval.images={set5}"], run_dir))
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert set(summary) == {"Mini", "images", "held_out"}  # Absent is skipped, chelsea is the held-out image
+    rows = read_rows(run_dir / "eval" / "images.csv")
+    assert [r["image"] for r in rows] == ["baby", "bird", "butterfly", "head", "woman"]
+    assert list(rows[0]) == ["image", "size", "psnr_degraded", "psnr_restored", "ssim_degraded", "ssim_restored"]
+    butterfly = next(r for r in rows if r["image"] == "butterfly")
+    assert butterfly["size"] == "256x256" and float(butterfly["psnr_degraded"]) == pytest.approx(20.03, abs=0.005)
+    assert summary["images"]["psnr_degraded"] == pytest.approx(25.98, abs=0.005)
+    assert (run_dir / "eval" / "figures" / "held_out" / "chelsea.png").is_file()
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert {"eval/Mini/psnr", "eval/images/ssim", "eval/held_out/psnr_degraded"} <= set(events.Tags()["scalars"])
+    assert any(tag.startswith("eval/images/") for tag in events.Tags()["images"])
+
+
+def test_evaluate_script_writes_tables_and_figures(trained_run, tmp_path):
+    images = write_sharp_images(tmp_path / "mine", names=("alpha", "butterfly"))
+    second = tmp_path / "second"
+    shutil.copytree(trained_run, second)  # two runs of one architecture: labels must tell them apart
+    out = tmp_path / "eval"
+    result = run_script("evaluate.py", str(trained_run), str(second / "checkpoints" / "best.pt"), "--sets",
+                        "--images", str(images), "--out", str(out), "--tile", "16", "--y-channel",
+                        "--crop-border", "2")
+    assert result.returncode == 0, result.stderr
+    summary = read_rows(out / "summary.csv")
+    assert [r["rank"] for r in summary] == ["1", "2"] and len({r["model"] for r in summary}) == 2
+    assert all(r["model"].startswith("srcnn@") for r in summary)
+    for row in summary:
+        per_image = read_rows(out / row["model"] / "mine.csv")
+        assert [r["image"] for r in per_image] == ["alpha", "butterfly"]
+        assert float(row["mean_psnr"]) == pytest.approx(np.mean([float(r["psnr_restored"]) for r in per_image]),
+                                                        abs=1e-3)
+        assert (out / row["model"] / "figures" / "mine" / "butterfly.png").is_file()
+    assert "| rank | model |" in (out / "summary.md").read_text()
+    assert (out / "compare_butterfly.png").is_file()
+
+
+def test_evaluate_on_set5_with_a_sweep_folder(trained_run, tmp_path):
+    set5 = dataset("Set5")
+    sweep = tmp_path / "sweep"
+    shutil.copytree(trained_run, sweep / "0_model=srcnn")
+    out = tmp_path / "eval"
+    result = run_script("evaluate.py", str(sweep), "--sets", "Set5", "--data-dir", str(set5.parent), "--out",
+                        str(out), "--no-figures")
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(out / "srcnn" / "Set5.csv")
+    assert len(rows) == 5 and float(read_rows(out / "summary.csv")[0]["Set5_psnr_degraded"]) == pytest.approx(25.98,
+                                                                                                              abs=0.005)
+    assert (out / "compare_butterfly.png").is_file()
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_architecture(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = run / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("name: srcnn", "name: dncnn", 1))
+    result = run_script("evaluate.py", str(run), "--images", str(write_sharp_images(tmp_path / "i")))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds a 'srcnn' model but the config asks for 'dncnn'" in result.stderr
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    for script, args in (("evaluate.py", [str(tmp_path / "nope.pt")]),
+                         ("deblur.py", ["--model", str(tmp_path / "nope"), str(tmp_path), "--out", str(tmp_path)])):
+        result = run_script(script, *args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "no such checkpoint file or run folder" in result.stderr
+
+
+def test_deblur_restores_photos_and_reports_bad_files(trained_run, tmp_path):
+    inputs = write_sharp_images(tmp_path / "in", names=("a", "b"))
+    wide = np.zeros((24, 48, 3), np.uint8)
+    wide[:, :24] = 255
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # stored sideways, displayed rotated
+    PILImage.fromarray(wide).save(inputs / "phone.jpg", exif=exif, quality=95)
+    grey16 = (np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)
+    PILImage.fromarray(grey16).save(inputs / "grey16.png")
+    rgba = np.dstack([read_image(inputs / "a.png"), np.full((40, 56), 128, np.uint8)])
+    PILImage.fromarray(rgba, "RGBA").save(inputs / "rgba.png")
+    (inputs / "empty.png").write_bytes(b"")
+    (inputs / "random.png").write_bytes(np.random.default_rng(0).bytes(500))
+    (inputs / "readme.txt").write_text("not an image")
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    out = tmp_path / "out"
+    result = run_script("deblur.py", "--model", str(trained_run), str(inputs), "--out", str(out))
+    assert result.returncode == 1  # something failed
+    for bad in ("empty.png", "random.png", "readme.txt"):
+        assert bad in result.stdout
+    assert "Traceback" not in result.stderr
+    for name in ("a", "b", "phone", "grey16", "rgba"):
+        assert (out / f"{name}_restored.png").is_file() and (out / f"{name}_before_after.png").is_file()
+    assert read_image(out / "phone_restored.png").shape == (48, 24, 3)  # upright
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before  # inputs untouched
+    assert not list(out.glob(".*"))  # no temp files left
+
+
+def test_deblur_simulate_scores_and_refuses_tiny_images(trained_run, tmp_path):
+    inputs = write_sharp_images(tmp_path / "in", names=("photo",))
+    write_image(inputs / "tiny.png", np.zeros((5, 5, 3), np.uint8))
+    out = tmp_path / "out"
+    result = run_script("deblur.py", "--model", str(trained_run / "checkpoints" / "last.pt"), str(inputs / "photo.png"),
+                        str(inputs / "tiny.png"), "--out", str(out), "--simulate", "--self-ensemble")
+    assert result.returncode == 1
+    assert "tiny.png" in result.stdout and "smaller than the 11x11 minimum" in result.stdout
+    rows = read_rows(out / "metrics.csv")
+    assert [r["image"] for r in rows] == ["photo.png"]
+    sharp = read_image(inputs / "photo.png")
+    from deblur_exp.metrics import psnr
+    assert float(rows[0]["psnr_degraded"]) == pytest.approx(psnr(read_image(out / "photo_degraded.png"), sharp),
+                                                            abs=1e-3)
+    for name in ("photo_restored.png", "photo_degraded.png", "photo_panel.png"):
+        assert (out / name).is_file()
+    assert "photo.png: PSNR" in result.stdout
+
+
+def test_deblur_never_overwrites_an_input(trained_run, tmp_path):
+    inputs = write_sharp_images(tmp_path / "in", names=("x", "x_restored"))
+    original = (inputs / "x_restored.png").read_bytes()
+    result = run_script("deblur.py", "--model", str(trained_run), str(inputs), "--out", str(inputs))
+    assert result.returncode == 1 and "refusing to overwrite an input" in result.stdout
+    assert (inputs / "x_restored.png").read_bytes() == original
