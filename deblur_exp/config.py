@@ -82,6 +82,7 @@ class OptimizerConfig:
 @dataclass
 class AdamConfig(OptimizerConfig):
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    fused: Optional[bool] = None
 
 
 @dataclass
@@ -126,6 +127,7 @@ class TrainerConfig:
     precision: str = "32"
     channels_last: Optional[bool] = None
     compile: bool = False
+    compile_mode: str = "default"
     deterministic: bool = False
     num_threads: Optional[int] = None
     progress: bool = True
@@ -201,6 +203,7 @@ CHOICES = {
     "degradation.up_interp": ("nearest", "linear", "cubic", "area", "lanczos"),
     "trainer.loss": ("mse", "l1"),
     "trainer.precision": ("32", "bf16", "fp16"),
+    "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 
 

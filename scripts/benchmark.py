@@ -1,0 +1,280 @@
+"""Measure throughput and memory, the project's way and a reference way, side by side in one process.
+
+    python scripts/benchmark.py [--models ...] [--steps N] [--batch-size B] [--device D] [--json PATH]
+
+1. data path: the in-memory batch source vs a per-file pipeline built the way the seed notebook did it
+   (each patch a PNG; per item cv2.imread + ToPILImage + Resize + ToTensor; DataLoader, batch 30, shuffle);
+2. training samples/s per model: the project's training loop (data, step, bookkeeping) vs an isolated
+   forward+backward+optimizer step on random tensors (the ceiling), in NCHW and channels_last;
+3. T91 patch preparation, cold (no cache) and warm (cache hit), when T91 is under the data directory;
+4. whole-image inference on Set14 (images/s, peak memory) and one 4000x3000 image, tiled (time, peak RSS).
+On CUDA it also projects the time of the five-model experiment=seed sweep (202 epochs each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from deblur_exp.cli import default_data_dir
+from deblur_exp.config import DataConfig, DegradationConfig
+from deblur_exp.data.patches import PatchSet, cut_patches, load_patches
+from deblur_exp.models import build_model
+from deblur_exp.training import PatchTensors, resolve_device, train_epoch
+
+SEED_MODELS = ["deblurcnn", "deblurcnn_res", "deblursuperrescnn", "dncnn", "edsr"]
+SEED_TRAIN, SEED_VAL, SEED_EPOCHS = 19_548, 2_173, 202
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_patches(n: int, size: int = 35) -> PatchSet:
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    degraded = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return PatchSet(sharp, degraded, np.zeros(n, np.int64), ["random"])
+
+
+# ------------------------------------------------------------------------------------------- 1. data path
+def bench_data_path(n: int, batch_size: int, device: torch.device) -> dict:
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    patches = random_patches(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):  # the seed wrote every patch as its own PNG, sharp and degraded
+            cv2.imwrite(f"{tmp}/sharp_{i}.png", patches.sharp[i])
+            cv2.imwrite(f"{tmp}/degraded_{i}.png", patches.degraded[i])
+
+        class PerFile(Dataset):
+            transform = transforms.Compose([transforms.ToPILImage(), transforms.Resize((35, 35)), transforms.ToTensor()])
+
+            def __len__(self):
+                return n
+
+            def __getitem__(self, i):
+                degraded = cv2.imread(f"{tmp}/degraded_{i}.png")
+                sharp = cv2.imread(f"{tmp}/sharp_{i}.png")
+                return self.transform(degraded), self.transform(sharp)
+
+        started = time.perf_counter()
+        for degraded, sharp in DataLoader(PerFile(), batch_size=batch_size, shuffle=True):
+            degraded.to(device), sharp.to(device)
+        sync(device)
+        reference = n / (time.perf_counter() - started)
+
+    tensors = PatchTensors.from_patches(patches, np.arange(n), device)
+    rounds = 20
+    started = time.perf_counter()
+    for _ in range(rounds):
+        order = torch.randperm(n).to(device)
+        for degraded, sharp in tensors.batches(batch_size, order, channels_last=True):
+            pass
+    sync(device)
+    project = rounds * n / (time.perf_counter() - started)
+    return {"project_samples_per_s": project, "reference_samples_per_s": reference, "speedup": project / reference,
+            "patches": n}
+
+
+# -------------------------------------------------------------------------------------------- 2. training
+def loop_samples_per_s(name, device, steps, batch_size, channels_last, precision="32") -> float:
+    """The project's train_epoch on in-memory patches: data slicing, step and bookkeeping included."""
+    torch.manual_seed(0)
+    model = build_model(name).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    tensors = PatchTensors.from_patches(random_patches(batch_size * (steps + 3)), np.arange(batch_size * (steps + 3)),
+                                        device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    from deblur_exp.training import autocast_for
+
+    autocast = autocast_for(precision, device)
+    generator = torch.Generator().manual_seed(0)
+
+    def run(limit):
+        cfg = OmegaConf.create({"trainer": {"batch_size": batch_size, "limit_train_batches": limit,
+                                            "progress": False, "epochs": 1}})
+        return train_epoch(model, tensors, optimizer, F.mse_loss, cfg, 1, generator, autocast, scaler, channels_last)
+
+    run(3)  # warm-up: allocator, cudnn autotuning
+    started = time.perf_counter()
+    _, seen = run(steps)  # ends with .item(): synchronised
+    return seen / (time.perf_counter() - started)
+
+
+def ceiling_samples_per_s(name, device, steps, batch_size, channels_last, precision="32") -> float:
+    """An isolated forward+backward+Adam step on one fixed random batch: nothing else in the way."""
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(name).to(device).to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    degraded = torch.rand(batch_size, 3, 35, 35, device=device).contiguous(memory_format=memory_format)
+    sharp = torch.rand(batch_size, 3, 35, 35, device=device).contiguous(memory_format=memory_format)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=precision != "32"):
+            loss = F.mse_loss(model(degraded), sharp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def bench_training(models, device, steps, batch_size, precision) -> dict:
+    results = {}
+    for name in models:
+        row = {}
+        for fmt, channels_last in (("nchw", False), ("channels_last", True)):
+            row[f"ceiling_{fmt}"] = ceiling_samples_per_s(name, device, steps, batch_size, channels_last, precision)
+        chosen = "channels_last" if row["ceiling_channels_last"] >= row["ceiling_nchw"] else "nchw"
+        loop = loop_samples_per_s(name, device, steps, batch_size, chosen == "channels_last", precision)
+        results[name] = {"loop_samples_per_s": loop, "ceiling_samples_per_s": row[f"ceiling_{chosen}"],
+                         "memory_format": chosen, "loop_vs_ceiling": loop / row[f"ceiling_{chosen}"],
+                         "ceiling_nchw_samples_per_s": row["ceiling_nchw"],
+                         "ceiling_channels_last_samples_per_s": row["ceiling_channels_last"]}
+        print(f"  {name:18s} loop {loop:9.1f}/s  ceiling {row[f'ceiling_{chosen}']:9.1f}/s ({chosen})  "
+              f"nchw {row['ceiling_nchw']:9.1f}/s  channels_last {row['ceiling_channels_last']:9.1f}/s", flush=True)
+    return results
+
+
+# --------------------------------------------------------------------------------------------- 3. patches
+def bench_patches(data_dir: Path) -> dict:
+    t91 = data_dir / "T91"
+    if not t91.is_dir():
+        return {"skipped": f"no T91 at {t91}"}
+    data = DataConfig(name="t91", root=str(t91), patch_size=35, stride=14, split="patch")
+    spec = DegradationConfig(name="gauss_down3", apply_to="patch")
+    with tempfile.TemporaryDirectory() as cache:
+        started = time.perf_counter()
+        patches = load_patches(data, spec, cache)
+        cold = time.perf_counter() - started
+        started = time.perf_counter()
+        load_patches(data, spec, cache)
+        warm = time.perf_counter() - started
+    return {"cold_s": cold, "warm_s": warm, "patches": len(patches)}
+
+
+# ------------------------------------------------------------------------------------------- 4. inference
+# Each inference measurement runs in a fresh process so that its peak RSS (VmHWM) is its own.
+INFERENCE = """
+import json, sys, time, numpy as np, torch
+from pathlib import Path
+from deblur_exp.data.images import read_image
+from deblur_exp.models import build_model
+from deblur_exp.restore import restore_image
+name, device, what = sys.argv[1], torch.device(sys.argv[2]), sys.argv[3]
+sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+model = build_model(name).to(device)
+if what == "large":
+    images, tile = [np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)], 512
+else:
+    images, tile = [read_image(p) for p in sorted(Path(what).glob("*.png"))], None
+    restore_image(model, images[0], device)  # warm-up
+if device.type == "cuda":
+    torch.cuda.reset_peak_memory_stats(device)
+sync()
+started = time.perf_counter()
+for image in images:
+    restore_image(model, image, device, tile=tile, tile_overlap=32)
+sync()
+elapsed = time.perf_counter() - started
+peak_rss = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM"))) / 1024
+result = {"model": name, "images": len(images), "seconds": elapsed, "images_per_s": len(images) / elapsed,
+          "peak_rss_mib": peak_rss, "tile": tile}
+if device.type == "cuda":
+    result["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+print(json.dumps(result))
+"""
+
+
+def bench_inference(name: str, device: torch.device, what: str) -> dict:
+    """``what``: a folder of PNGs (Set14) or "large" (one 4000x3000 image, tiled 512)."""
+    out = subprocess.run([sys.executable, "-c", INFERENCE, name, str(device), what], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"failed": out.stderr.strip().splitlines()[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------- main
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=SEED_MODELS)
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per measurement")
+    p.add_argument("--batch-size", type=int, default=30)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
+    p.add_argument("--data-patches", type=int, default=1500, help="patches in the data-path comparison")
+    p.add_argument("--large-model", default="srcnn", help="model for the 4000x3000 tiled restoration")
+    p.add_argument("--skip", nargs="*", default=[], choices=["data", "training", "patches", "inference", "large"])
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--json", type=Path, default=Path("benchmark.json"))
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                          "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "device": str(device),
+                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                          "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps}}
+    print(json.dumps(report["machine"]))
+    if "data" not in args.skip:
+        report["data_path"] = bench_data_path(args.data_patches, args.batch_size, device)
+        d = report["data_path"]
+        print(f"data path: project {d['project_samples_per_s']:,.0f}/s vs per-file {d['reference_samples_per_s']:,.0f}/s"
+              f" = {d['speedup']:,.0f}x", flush=True)
+    if "training" not in args.skip:
+        print("training (samples/s):", flush=True)
+        report["training"] = bench_training(args.models, device, args.steps, args.batch_size, args.precision)
+        if device.type == "cuda":
+            report["seed_sweep_projection"] = project_sweep(report["training"])
+            print(f"projected experiment=seed sweep ({len(args.models)} models x {SEED_EPOCHS} epochs, one after "
+                  f"another): {report['seed_sweep_projection']['total_minutes']:.1f} min", flush=True)
+    if "patches" not in args.skip:
+        report["patches"] = bench_patches(args.data_dir)
+        print(f"T91 patches: {report['patches']}", flush=True)
+    if "inference" not in args.skip:
+        set14 = args.data_dir / "Set14"
+        report["inference"] = (bench_inference(args.models[0], device, str(set14)) if set14.is_dir()
+                               else {"skipped": f"no Set14 at {set14}"})
+        print(f"Set14 inference: {report['inference']}", flush=True)
+    if "large" not in args.skip:
+        report["large_image"] = bench_inference(args.large_model, device, "large")
+        print(f"4000x3000 tiled: {report['large_image']}", flush=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+def project_sweep(training: dict) -> dict:
+    """Minutes for experiment=seed per model: 202 epochs of train samples at the loop's rate, plus validation
+    (forward only, counted at a third of a training step's cost)."""
+    per_model = {name: SEED_EPOCHS * (SEED_TRAIN + SEED_VAL / 3) / r["loop_samples_per_s"] / 60
+                 for name, r in training.items()}
+    return {"per_model_minutes": per_model, "total_minutes": sum(per_model.values())}
+
+
+if __name__ == "__main__":
+    main()
