@@ -300,6 +300,9 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     seed_everything(t.seed, t.deterministic)
+    if t.compile and t.compile_mode != "default":
+        # cuDNN's autotuner cannot run inside CUDA-graph capture ("FIND was unable to find an engine").
+        torch.backends.cudnn.benchmark = False
     channels_last = t.channels_last if t.channels_last is not None else True
     log.info("run folder: %s", run_dir)
 
