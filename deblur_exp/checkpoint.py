@@ -20,8 +20,16 @@ from deblur_exp.errors import DeblurError
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` via a temp file, fsync and rename: a kill leaves the old file or the new one."""
+class CheckpointMismatch(DeblurError):
+    """The checkpoint is fine but holds another architecture than asked for."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """Write ``state`` to ``path`` via a temp file, fsync and rename: a kill leaves the old file or the new one.
+
+    With ``keep_previous`` the file being replaced is kept as ``previous.pt`` beside it, a fallback should the
+    new one ever turn out unreadable (a disk error, a copy cut short).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -29,7 +37,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save({"format_version": FORMAT_VERSION, **state}, f)
         f.flush()
         os.fsync(f.fileno())
-    tmp.replace(path)
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name("previous.pt"))
+    os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
@@ -64,6 +74,6 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[
         raise DeblurError(f"{path}: checkpoint format {state['format_version']} is newer than this deblur_exp "
                           f"understands ({FORMAT_VERSION}); upgrade deblur_exp")
     if expected_arch is not None and state.get("arch") != expected_arch:
-        raise DeblurError(f"{path}: checkpoint holds a '{state.get('arch')}' model but the config asks for "
+        raise CheckpointMismatch(f"{path}: checkpoint holds a '{state.get('arch')}' model but the config asks for "
                           f"'{expected_arch}'; set model={state.get('arch')} or pick another checkpoint")
     return state

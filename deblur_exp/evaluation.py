@@ -19,7 +19,7 @@ from tqdm import tqdm
 from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.config import DegradationConfig
 from deblur_exp.data.degrade import degrade, min_image_size
-from deblur_exp.data.images import IMAGE_SUFFIXES, Image, list_image_files, read_image
+from deblur_exp.data.images import Image, read_folder
 from deblur_exp.errors import DeblurError
 from deblur_exp.metrics import SSIM_WINDOW, psnr, ssim
 from deblur_exp.models import build_model
@@ -83,20 +83,6 @@ def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: s
     return Restorer(label, state["arch"], model, degradation, checkpoint, state["epoch"], config)
 
 
-def read_image_set(folder: Path) -> tuple[list[Image], list[str]]:
-    """Images of a folder; also the problems (one line each) for the files that could not be read."""
-    images, problems = [], []
-    for path in list_image_files(folder):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            problems.append(f"{path}: not an image file")
-            continue
-        try:
-            images.append(Image(path.stem, read_image(path)))
-        except DeblurError as exc:
-            problems.append(str(exc))
-    return images, problems
-
-
 def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_overlap=32, self_ensemble=False,
                 y_channel=False, crop_border=0) -> tuple[dict, np.ndarray, np.ndarray]:
     """Degrade ``sharp`` with the run's own degradation, restore it, and score both against ``sharp``."""
@@ -126,7 +112,7 @@ def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=T
         try:
             row, degraded, restored = score_image(restorer, image.rgb, device, **options)
         except DeblurError as exc:
-            problems.append(f"{image.name}: {exc}")
+            problems.append(f"{image.path or image.name}: {exc}")
             continue
         rows.append({"image": image.name, **row})
         if on_image is not None:
@@ -177,10 +163,10 @@ def eval_image_sets(eval_cfg, data_dir: str | Path, held_out: list[Image] | None
         if not folder.is_dir():
             log.info("eval: skipping %s (no folder %s; set DEBLUR_DATA_DIR or eval.download=true)", name, folder)
             continue
-        sets[name], bad = read_image_set(folder)
+        sets[name], bad = read_folder(folder)
         problems += bad
     if eval_cfg.images:
-        sets["images"], bad = read_image_set(Path(eval_cfg.images))
+        sets["images"], bad = read_folder(Path(eval_cfg.images))
         problems += bad
     if eval_cfg.held_out and held_out:
         sets["held_out"] = held_out

@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from deblur_exp.checkpoint import load_checkpoint, save_checkpoint
+from deblur_exp.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
 from deblur_exp.config import check_config
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
 from deblur_exp.data.sources import image_source
@@ -159,18 +161,59 @@ class PatchTensors:
 
 
 # ---------------------------------------------------------------------------------------------- epochs
-def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, autocast, scaler, channels_last):
-    """One pass over the shuffled training patches; returns the mean loss per sample (synced once)."""
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the loop finishes the step in flight, saves last.pt and exits."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class TrainingInterrupted(DeblurError):
+    """Raised after a clean stop on SIGINT/SIGTERM; ``exit_code`` is 130 or 143 as a shell expects."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, autocast, scaler, channels_last,
+                stop: StopFlag | None = None, partial: dict | None = None):
+    """One pass over the shuffled training patches.
+
+    Returns (mean loss per sample, samples seen, None), or, when ``stop`` is raised mid-epoch,
+    (None, samples seen, progress) where progress lets a later call (``partial=progress``) finish this epoch
+    exactly as if it had never stopped: same shuffle order, same loss sum.
+    """
     t = cfg.trainer
     model.train()
     device = train_set.sharp.device
+    if partial is not None:
+        generator.set_state(partial["shuffle_state"])
+    shuffle_state = generator.get_state()
     order = torch.randperm(len(train_set), generator=generator).to(device)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    seen = 0
+    loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device, dtype=torch.float64)
+    seen, done = (partial["seen"], partial["step"]) if partial else (0, 0)
     total = train_set.num_batches(t.batch_size, t.limit_train_batches)
     bar = tqdm(train_set.batches(t.batch_size, order, t.limit_train_batches, channels_last), total=total,
                desc=f"epoch {epoch}/{t.epochs}", leave=False, disable=not t.progress, unit="batch")
     for step, (degraded, sharp) in enumerate(bar, start=1):
+        if step <= done:  # already trained before an interruption
+            continue
         with autocast():
             loss = loss_fn(model(degraded), sharp)
         optimizer.zero_grad(set_to_none=True)
@@ -182,10 +225,15 @@ def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, aut
         if step % 50 == 0 or step == total:  # one host sync per interval, not per step
             mean = loss_sum.item() / seen
             if not math.isfinite(mean):
-                raise DeblurError(f"training diverged: loss is {mean} at epoch {epoch}, step {step}; lower "
-                                  f"optimizer.lr (last good checkpoint kept in checkpoints/)")
+                raise DeblurError(f"training diverged: the loss became {mean} in epoch {epoch} by step {step} "
+                                  f"(checked every 50 steps); lower optimizer.lr. The last good checkpoint is "
+                                  f"kept in checkpoints/")
             bar.set_postfix(loss=f"{mean:.5f}")
-    return loss_sum.item() / max(seen, 1), seen
+        if stop is not None and stop.signum is not None and step < total:
+            bar.close()
+            return None, seen, {"step": step, "loss_sum": loss_sum.item(), "seen": seen,
+                                "shuffle_state": shuffle_state}
+    return loss_sum.item() / max(seen, 1), seen, None
 
 
 @torch.no_grad()
@@ -264,6 +312,32 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def load_resume_state(checkpoints: Path, arch: str) -> dict:
+    """last.pt, or previous.pt when last.pt is missing or damaged (a warning names it)."""
+    for stale in checkpoints.glob(".*.tmp"):  # a write that a kill interrupted; never renamed into place
+        stale.unlink(missing_ok=True)
+    problems = []
+    for name in ("last.pt", "previous.pt"):
+        try:
+            state = load_checkpoint(checkpoints / name, expected_arch=arch)
+        except CheckpointMismatch:
+            raise
+        except DeblurError as exc:
+            problems.append(str(exc))
+            log.warning("resume: %s; trying the previous checkpoint", exc)
+            continue
+        return {**state, "path": checkpoints / name}
+    raise DeblurError(f"resume: no usable checkpoint in {checkpoints} ({'; '.join(problems)})")
+
+
+def interrupted(stop: StopFlag, run_dir: Path, where: str) -> TrainingInterrupted:
+    name = signal.Signals(stop.signum).name
+    message = (f"stopped by {name} at {where}; checkpoint saved. Resume with: "
+               f"python scripts/train.py resume={run_dir}")
+    log.warning(message)
+    return TrainingInterrupted(message, 128 + stop.signum)
+
+
 def make_scheduler(cfg: DictConfig, optimizer):
     if cfg.scheduler.get("_target_") is None:
         return None
@@ -333,8 +407,9 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     generator = torch.Generator().manual_seed(t.seed)
     start_epoch, best_psnr, best_epoch = 0, -math.inf, 0
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    partial = None
     if cfg.resume:
-        state = load_checkpoint(last_path, expected_arch=cfg.model.name)
+        state = load_resume_state(run_dir / "checkpoints", cfg.model.name)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
@@ -342,8 +417,9 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
         scaler.load_state_dict(state.get("scaler") or {})
         restore_rng(state["rng"], generator)
         start_epoch, best_psnr, best_epoch = state["epoch"], state["best_psnr"], state["best_epoch"]
-        log.info("resumed from %s at epoch %d (best val PSNR %.3f dB at epoch %d)", last_path, start_epoch,
-                 best_psnr, best_epoch)
+        partial = state.get("partial_epoch")
+        log.info("resumed from %s after epoch %d%s (best val PSNR %.3f dB at epoch %d)", state["path"], start_epoch,
+                 f", step {partial['step']} of epoch {start_epoch + 1}" if partial else "", best_psnr, best_epoch)
     metrics = MetricsTable(run_dir / "metrics.csv", keep_through_epoch=start_epoch)
 
     from torch.utils.tensorboard import SummaryWriter
@@ -354,40 +430,54 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     val_batch = t.val_batch_size or 4 * t.batch_size
     resolved_config = OmegaConf.to_yaml(cfg, resolve=True)
 
-    for epoch in range(start_epoch + 1, t.epochs + 1):
-        started = time.perf_counter()
-        train_loss, seen = train_epoch(forward_model, train_set, optimizer, loss_fn, cfg, epoch, generator,
-                                       autocast, scaler, channels_last)
-        train_time = time.perf_counter() - started
-        val = evaluate_patches(forward_model, val_set, loss_fn, val_batch, t.limit_val_batches, autocast,
-                               channels_last)
-        lr = optimizer.param_groups[0]["lr"]
-        step_scheduler(scheduler, val["val_loss"])
-        epoch_time = time.perf_counter() - started
-        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "epoch_time_s": round(epoch_time, 3),
-               "samples_per_s": round(seen / train_time, 1)}
-        metrics.append(row)
-        for tag, key in (("train/loss", "train_loss"), ("val/loss", "val_loss"), ("val/psnr", "val_psnr"),
-                         ("val/psnr_degraded", "val_psnr_degraded"), ("lr", "lr"),
-                         ("perf/samples_per_s", "samples_per_s"), ("perf/epoch_time_s", "epoch_time_s")):
-            writer.add_scalar(tag, row[key], epoch)
-        if epoch == 1 or epoch % t.image_every == 0 or epoch == t.epochs:
-            writer.add_image("val/degraded|restored|sharp",
-                             image_grid(model, val_set, t.num_image_samples, autocast, channels_last), epoch)
-        writer.flush()
-        log.info("epoch %d/%d  train_loss %.6f  val_loss %.6f  val_psnr %.3f dB (degraded %.3f)  lr %.2e  "
-                 "%.1fs  %.0f samples/s", epoch, t.epochs, train_loss, val["val_loss"], val["val_psnr"],
-                 val["val_psnr_degraded"], lr, epoch_time, row["samples_per_s"])
+    def checkpoint_state(epoch: int, row: dict | None = None) -> dict:
+        return {"arch": cfg.model.name, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(), "epoch": epoch, "rng": rng_state(generator),
+                "config": resolved_config, "metrics": row, "best_psnr": best_psnr, "best_epoch": best_epoch}
 
-        # best.pt before last.pt: a kill in between resumes from the previous epoch and redoes this one.
-        state = {"arch": cfg.model.name, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                 "scaler": scaler.state_dict(), "epoch": epoch, "rng": rng_state(generator),
-                 "config": resolved_config, "metrics": row}
-        if val["val_psnr"] > best_psnr:
-            best_psnr, best_epoch = val["val_psnr"], epoch
-            save_checkpoint(best_path, {**state, "best_psnr": best_psnr, "best_epoch": best_epoch})
-        save_checkpoint(last_path, {**state, "best_psnr": best_psnr, "best_epoch": best_epoch})
+    stop = StopFlag()
+    with stop.installed():
+        for epoch in range(start_epoch + 1, t.epochs + 1):
+            started = time.perf_counter()
+            train_loss, seen, progress = train_epoch(forward_model, train_set, optimizer, loss_fn, cfg, epoch,
+                                                     generator, autocast, scaler, channels_last, stop, partial)
+            partial = None
+            if progress is not None:  # SIGINT/SIGTERM mid-epoch: save where we are, then stop
+                save_checkpoint(last_path, {**checkpoint_state(epoch - 1), "partial_epoch": progress},
+                                keep_previous=True)
+                raise interrupted(stop, run_dir, f"epoch {epoch}, step {progress['step']}")
+            train_time = time.perf_counter() - started
+            val = evaluate_patches(forward_model, val_set, loss_fn, val_batch, t.limit_val_batches, autocast,
+                                   channels_last)
+            if not math.isfinite(val["val_loss"]):
+                raise DeblurError(f"training diverged: the validation loss is {val['val_loss']} after epoch {epoch}; "
+                                  f"lower optimizer.lr. The last good checkpoint is kept in checkpoints/")
+            lr = optimizer.param_groups[0]["lr"]
+            step_scheduler(scheduler, val["val_loss"])
+            epoch_time = time.perf_counter() - started
+            row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "epoch_time_s": round(epoch_time, 3),
+                   "samples_per_s": round(seen / train_time, 1)}
+            metrics.append(row)
+            for tag, key in (("train/loss", "train_loss"), ("val/loss", "val_loss"), ("val/psnr", "val_psnr"),
+                             ("val/psnr_degraded", "val_psnr_degraded"), ("lr", "lr"),
+                             ("perf/samples_per_s", "samples_per_s"), ("perf/epoch_time_s", "epoch_time_s")):
+                writer.add_scalar(tag, row[key], epoch)
+            if epoch == 1 or epoch % t.image_every == 0 or epoch == t.epochs:
+                writer.add_image("val/degraded|restored|sharp",
+                                 image_grid(model, val_set, t.num_image_samples, autocast, channels_last), epoch)
+            writer.flush()
+            log.info("epoch %d/%d  train_loss %.6f  val_loss %.6f  val_psnr %.3f dB (degraded %.3f)  lr %.2e  "
+                     "%.1fs  %.0f samples/s", epoch, t.epochs, train_loss, val["val_loss"], val["val_psnr"],
+                     val["val_psnr_degraded"], lr, epoch_time, row["samples_per_s"])
+
+            # best.pt before last.pt: a kill in between resumes from the previous epoch and redoes this one.
+            if val["val_psnr"] > best_psnr:
+                best_psnr, best_epoch = val["val_psnr"], epoch
+                save_checkpoint(best_path, checkpoint_state(epoch, row))
+            save_checkpoint(last_path, checkpoint_state(epoch, row), keep_previous=True)
+            if stop.signum is not None:
+                raise interrupted(stop, run_dir, f"epoch {epoch}")
 
     log.info("done: best val PSNR %.3f dB at epoch %d; checkpoints in %s", best_psnr, best_epoch,
              run_dir / "checkpoints")

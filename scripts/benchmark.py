@@ -114,7 +114,7 @@ def loop_samples_per_s(name, device, steps, batch_size, channels_last, precision
 
     run(3)  # warm-up: allocator, cudnn autotuning
     started = time.perf_counter()
-    _, seen = run(steps)  # ends with .item(): synchronised
+    _, seen, _ = run(steps)  # ends with .item(): synchronised
     return seen / (time.perf_counter() - started)
 
 

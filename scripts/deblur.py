@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from deblur_exp.cli import run_cli
-from deblur_exp.data.images import IMAGE_SUFFIXES, list_image_files, read_image, write_image
+from deblur_exp.data.images import read_image, scan_folder, write_image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import IMAGE_FIELDS, find_checkpoints, load_restorer, score_image, write_csv
 from deblur_exp.figures import before_after, three_panel
@@ -43,11 +43,9 @@ def expand_inputs(inputs: list[Path], problems: list[str]) -> list[Path]:
     files = []
     for item in inputs:
         if item.is_dir():
-            for path in list_image_files(item):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(path)
-                else:
-                    problems.append(f"{path}: not an image file")
+            found, bad = scan_folder(item)
+            files += found
+            problems += bad
         elif item.is_file():
             files.append(item)
         else:

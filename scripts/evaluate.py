@@ -21,8 +21,8 @@ from deblur_exp.cli import default_data_dir, run_cli
 from deblur_exp.config import REPO_ROOT
 from deblur_exp.data.degrade import degrade
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import (IMAGE_FIELDS, evaluate_set, find_checkpoints, load_restorer, read_image_set,
-                                   summarize, write_csv)
+from deblur_exp.data.images import read_folder
+from deblur_exp.evaluation import IMAGE_FIELDS, evaluate_set, find_checkpoints, load_restorer, summarize, write_csv
 from deblur_exp.figures import panels, three_panel
 from deblur_exp.metrics import psnr
 from deblur_exp.models import count_parameters
@@ -79,12 +79,12 @@ def main() -> int:
         folder = args.data_dir / name
         if not folder.is_dir():
             raise DeblurError(f"--sets {name}: no folder {folder}; set --data-dir or DEBLUR_DATA_DIR")
-        sets[name], bad = read_image_set(folder)
+        sets[name], bad = read_folder(folder)
         problems += bad
     if args.images:
         if not args.images.is_dir():
             raise DeblurError(f"--images: {args.images} is not a folder")
-        sets[args.images.name], bad = read_image_set(args.images)
+        sets[args.images.name], bad = read_folder(args.images)
         problems += bad
     if not any(sets.values()):
         raise DeblurError("nothing to score: give --sets that exist or --images with readable images")
@@ -105,7 +105,7 @@ def main() -> int:
                     compare[restorer.label] = (restored, scores["psnr_restored"])
 
             rows, bad = evaluate_set(restorer, images, device, on_image=keep, **options)
-            problems += [f"{set_name}/{p}" for p in bad]
+            problems += bad
             write_csv(out / restorer.label / f"{set_name}.csv", rows, IMAGE_FIELDS)
             means = summarize(rows)
             row.update({f"{set_name}_psnr": means["psnr_restored"], f"{set_name}_ssim": means["ssim_restored"],

@@ -17,10 +17,13 @@ from deblur_exp.runs import resume_argv
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from deblur_exp.training import train
+    from deblur_exp.training import TrainingInterrupted, train
 
     try:
         return train(cfg)
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except DeblurError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

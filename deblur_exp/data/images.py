@@ -27,6 +27,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 class Image:
     name: str          # file stem (or sample name): the key used in tables and val_images
     rgb: np.ndarray    # HxWx3 uint8, RGB
+    path: Path | None = None  # the file it was read from, for messages
 
 
 def to_rgb_uint8(pixels: np.ndarray, channel_order: str = "bgr") -> np.ndarray:
@@ -79,28 +80,37 @@ def write_image(path: str | Path, rgb: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def list_image_files(folder: Path) -> list[Path]:
-    """Regular files directly in ``folder`` (hidden files skipped), sorted by name."""
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
-
-
-def read_folder(folder: Path, names: list[str] | None = None, min_size: int = 1) -> list[Image]:
-    """Every usable image in ``folder``; unusable files are skipped with a warning naming them."""
-    images: list[Image] = []
-    for path in list_image_files(folder):
-        if names is not None and path.stem not in names:
+def scan_folder(folder: Path) -> tuple[list[Path], list[str]]:
+    """Image files directly in ``folder``, sorted by name, and one problem line for every other entry that
+    cannot be used (non-image files, broken links, link loops). Hidden files and subfolders are passed over."""
+    files, problems = [], []
+    for path in sorted(Path(folder).iterdir()):
+        if path.name.startswith(".") or path.is_dir():
             continue
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            log.warning("skipping %s: not an image file (suffix %r)", path, path.suffix)
+        if not path.is_file():
+            problems.append(f"{path}: not a regular file (broken link or link loop)")
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"{path}: not an image file")
+        else:
+            files.append(path)
+    return files, problems
+
+
+def read_folder(folder: Path, names: list[str] | None = None, min_size: int = 1) -> tuple[list[Image], list[str]]:
+    """Every usable image in ``folder`` (optionally only those whose stem is in ``names``), and one problem line
+    for each file that could not be used: unreadable, not an image, or smaller than ``min_size`` pixels."""
+    files, problems = scan_folder(folder)
+    images = []
+    for path in files:
+        if names is not None and path.stem not in names:
             continue
         try:
             rgb = read_image(path)
         except DeblurError as exc:
-            log.warning("skipping %s", exc)
+            problems.append(str(exc))
             continue
         if min(rgb.shape[:2]) < min_size:
-            log.warning("skipping %s: %dx%d is smaller than the %d-pixel minimum", path, rgb.shape[1], rgb.shape[0],
-                        min_size)
+            problems.append(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the {min_size}-pixel minimum")
             continue
-        images.append(Image(path.stem, rgb))
-    return images
+        images.append(Image(path.stem, rgb, path))
+    return images, problems

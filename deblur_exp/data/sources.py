@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from deblur_exp.config import DataConfig
-from deblur_exp.data.images import Image, list_image_files, read_folder, to_rgb_uint8
+from deblur_exp.data.images import Image, read_folder, scan_folder, to_rgb_uint8
 from deblur_exp.errors import DeblurError
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,16 @@ def folder_source(data: DataConfig) -> ImageSource:
                 f"(or paths.data_dir=...) at the folder that holds it, set data.root=..., "
                 f"or set data.download=true with data.url=..."
             )
-    files = [p for p in list_image_files(root) if data.images is None or p.stem in data.images]
+    files = [p for p in scan_folder(root)[0] if data.images is None or p.stem in data.images]
     fingerprint = [str(root.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    return ImageSource(fingerprint, lambda min_size: read_folder(root, data.images, min_size))
+
+    def load(min_size: int) -> list[Image]:
+        images, problems = read_folder(root, data.images, min_size)
+        for problem in problems:
+            log.warning("skipping %s", problem)
+        return images
+
+    return ImageSource(fingerprint, load)
 
 
 SOURCES: dict[str, Callable[[DataConfig], ImageSource]] = {"sample": sample_source, "folder": folder_source}

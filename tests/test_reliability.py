@@ -1,0 +1,281 @@
+"""Kills, signals, damaged checkpoints, divergence, determinism, unsafe checkpoints, hostile input files."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from deblur_exp.checkpoint import load_checkpoint, save_checkpoint
+from deblur_exp.config import REPO_ROOT, DataConfig, DegradationConfig
+from deblur_exp.data.images import write_image
+from deblur_exp.data.patches import load_patches
+from deblur_exp.errors import DeblurError
+from deblur_exp.training import train
+from tests.conftest import TINY, run_script
+
+# Deterministic, dropout on (RNG state matters), four steps an epoch, three epochs.
+STEADY = [*TINY, "model=deblurcnn", "trainer.deterministic=true", "trainer.limit_train_batches=4", "trainer.epochs=3",
+          "eval.enabled=false"]
+
+
+def weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+
+
+def metric_rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")} for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the same run, never stopped."""
+    from hydra import compose, initialize_config_dir
+
+    from deblur_exp.config import CONF_DIR
+
+    root = tmp_path_factory.mktemp("reference")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*STEADY, f"paths.run_dir={root / 'run'}", f"paths.cache_dir={root / 'c'}"])
+    train(cfg)
+    return root / "run"
+
+
+# A child process that trains STEADY and SIGKILLs itself at a chosen point.
+KILLER = r"""
+import os, signal, sys
+import torch
+from hydra import compose, initialize_config_dir
+import deblur_exp.checkpoint as checkpoint
+import deblur_exp.training as training
+from deblur_exp.config import CONF_DIR
+
+point, run_dir, cache = sys.argv[1], sys.argv[2], sys.argv[3]
+overrides = sys.argv[4:]
+calls = {"n": 0}
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def counted(n):
+    calls["n"] += 1
+    return calls["n"] == n
+
+if point == "mid-epoch":            # in epoch 2, after its second optimizer step
+    step = torch.optim.Adam.step
+    def patched(self, *a, **k):
+        out = step(self, *a, **k)
+        if counted(6): kill()
+        return out
+    torch.optim.Adam.step = patched
+elif point == "checkpoint-write":   # half-way through writing epoch 2's checkpoint file
+    save = torch.save
+    def patched(obj, f, *a, **k):
+        if counted(3):
+            import io
+            buffer = io.BytesIO(); save(obj, buffer, *a, **k)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2]); f.flush(); kill()
+        return save(obj, f, *a, **k)
+    checkpoint.torch.save = patched
+elif point == "between-renames":    # last.pt already moved to previous.pt, the new one not yet in place
+    replace = os.replace
+    def patched(src, dst):
+        replace(src, dst)
+        if str(dst).endswith("previous.pt") and counted(1): kill()
+    checkpoint.os.replace = patched
+elif point == "after-metrics-row":  # epoch 2's row written, its checkpoint not
+    append = training.MetricsTable.append
+    def patched(self, row):
+        append(self, row)
+        if row["epoch"] == 2: kill()
+    training.MetricsTable.append = patched
+
+with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    cfg = compose("train", overrides=[*overrides, f"paths.run_dir={run_dir}", f"paths.cache_dir={cache}"])
+training.train(cfg)
+"""
+
+
+@pytest.mark.parametrize("point", ["mid-epoch", "checkpoint-write", "between-renames", "after-metrics-row"])
+def test_sigkill_anywhere_then_resume_matches_an_uninterrupted_run(make_cfg, tmp_path, uninterrupted, point):
+    run_dir = tmp_path / "run"
+    child = subprocess.run([sys.executable, "-c", KILLER, point, str(run_dir), str(tmp_path / "c"), *STEADY],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    train(make_cfg([*STEADY, f"resume={run_dir}"], run_dir))
+    assert same_weights(weights(run_dir), weights(uninterrupted))
+    assert metric_rows(run_dir) == metric_rows(uninterrupted)
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_finishes_the_step_saves_and_exits(tmp_path, uninterrupted, signum):
+    env = {"DEBLUR_OUTPUT_DIR": str(tmp_path), "DEBLUR_CACHE_DIR": str(tmp_path / "c")}
+    args = [*STEADY, "trainer.limit_train_batches=4"]
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("runs/*/*/checkpoints/last.pt")):
+        time.sleep(0.05)  # wait for epoch 1's checkpoint, then interrupt somewhere in epoch 2 or 3
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    (run_dir,) = tmp_path.glob("runs/*/*")
+    if proc.returncode == 0:
+        pytest.fail(f"the run finished before the signal arrived; make it longer\n{err}")
+    assert proc.returncode == 128 + signum, err
+    assert f"Resume with: python scripts/train.py resume={run_dir}" in err
+    assert "Traceback" not in err
+    resumed = run_script("train.py", f"resume={run_dir}", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_weights(weights(run_dir), weights(uninterrupted))
+    assert metric_rows(run_dir) == metric_rows(uninterrupted)
+
+
+def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(make_cfg, tmp_path, uninterrupted, caplog):
+    run_dir = tmp_path / "run"
+    train(make_cfg([*STEADY, "trainer.epochs=2"], run_dir))
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    train(make_cfg([*STEADY, f"resume={run_dir}"], run_dir))
+    assert "last.pt: checkpoint is truncated or corrupt" in caplog.text and "trying the previous" in caplog.text
+    assert same_weights(weights(run_dir), weights(uninterrupted))
+    assert metric_rows(run_dir) == metric_rows(uninterrupted)
+
+
+def test_no_usable_checkpoint_is_a_clear_error(make_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    train(make_cfg([*STEADY, "trainer.epochs=1"], run_dir))
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(DeblurError, match="resume: no usable checkpoint in .*last.pt"):
+        train(make_cfg([*STEADY, f"resume={run_dir}"], run_dir))
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_good_checkpoint(make_cfg, tmp_path, monkeypatch):
+    import deblur_exp.training as training
+
+    calls = {"n": 0}
+    real_mse = training.LOSSES["mse"]
+
+    def poisoned(restored, sharp, **kwargs):
+        calls["n"] += 1
+        loss = real_mse(restored, sharp, **kwargs)
+        return loss * float("nan") if calls["n"] > 6 else loss  # fine through epoch 1 (4 steps + val)
+
+    monkeypatch.setitem(training.LOSSES, "mse", poisoned)
+    run_dir = tmp_path / "run"
+    with pytest.raises(DeblurError, match="training diverged: the loss became nan in epoch 2 by step 4"):
+        train(make_cfg(STEADY, run_dir))
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_deterministic_runs_are_bitwise_identical(make_cfg, tmp_path, uninterrupted):
+    train(make_cfg(STEADY, tmp_path / "again"))
+    assert same_weights(weights(tmp_path / "again"), weights(uninterrupted))
+
+
+class Payload:
+    """Unpickling this would create a marker file: proof that code from the checkpoint ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model": {}, "arch": "srcnn", "payload": Payload(str(marker))}, evil)
+    with pytest.raises(DeblurError, match="refused to load: the file holds objects other than tensors"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+    result = run_script("deblur.py", "--model", str(evil), str(tmp_path), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "refused to load" in result.stderr and not marker.exists()
+
+
+def test_future_format_and_foreign_files_are_named(tmp_path):
+    future = tmp_path / "future.pt"
+    save_checkpoint(future, {"model": {}, "arch": "srcnn"})
+    state = torch.load(future, weights_only=True)
+    torch.save({**state, "format_version": 99}, future)
+    with pytest.raises(DeblurError, match="format 99 is newer than this deblur_exp understands"):
+        load_checkpoint(future)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(DeblurError, match="not a deblur_exp checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_settings_are_checked_before_any_data_is_read(make_cfg, tmp_path):
+    # The data folder does not exist either; the config error must come first.
+    cfg = make_cfg(["data=t91", f"paths.data_dir={tmp_path / 'none'}", "trainer.batch_size=0"])
+    with pytest.raises(DeblurError, match="trainer.batch_size"):
+        train(cfg)
+
+
+# ------------------------------------------------------------------------------------- hostile input files
+@pytest.fixture
+def hostile(tmp_path):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    good = (np.kron(rng.integers(0, 256, (12, 16, 3)), np.ones((4, 4, 1)))).astype(np.uint8)  # 48 x 64
+    write_image(folder / "good.png", good)
+    write_image(folder / "spaced naïve ünïcode.png", good[:, ::-1])
+    (folder / "random.png").write_bytes(rng.bytes(4096))
+    (folder / "truncated.png").write_bytes((folder / "good.png").read_bytes()[:200])
+    PILImage.fromarray(good).save(folder / "whole.jpg", quality=90)
+    (folder / "truncated.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:300])
+    (folder / "whole.jpg").unlink()
+    write_image(folder / "one_pixel.png", good[:1, :1])
+    write_image(folder / "line.png", np.zeros((1, 10000, 3), np.uint8))
+    (folder / "loop_a.png").symlink_to(folder / "loop_b.png")
+    (folder / "loop_b.png").symlink_to(folder / "loop_a.png")
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+BAD = ["random.png", "truncated.png", "truncated.jpg", "one_pixel.png", "line.png", "loop_a.png", "empty.png"]
+
+
+def test_hostile_folder_in_data_preparation(hostile, caplog):
+    patches = load_patches(DataConfig(name="h", root=str(hostile), patch_size=16, stride=16),
+                           DegradationConfig(name="g"), None)
+    assert sorted(patches.image_names) == ["good", "spaced naïve ünïcode"]
+    for name in BAD:
+        assert name in caplog.text, name
+
+
+def test_hostile_folder_in_evaluate_and_deblur(hostile, trained_run, tmp_path):
+    before = sorted(p.name for p in hostile.iterdir())
+    out = tmp_path / "eval"
+    result = run_script("evaluate.py", str(trained_run), "--sets", "--images", str(hostile), "--out", str(out))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    for name in BAD:
+        assert name in result.stdout, name
+    with open(out / "srcnn" / "hostile.csv", newline="") as f:
+        assert sorted(r["image"] for r in csv.DictReader(f)) == ["good", "spaced naïve ünïcode"]
+
+    restored = tmp_path / "restored"
+    result = run_script("deblur.py", "--model", str(trained_run), str(hostile), "--out", str(restored))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    for name in ("random.png", "truncated.png", "truncated.jpg", "loop_a.png", "empty.png"):
+        assert name in result.stdout, name
+    made = sorted(p.name for p in restored.iterdir())
+    assert "good_restored.png" in made and "spaced naïve ünïcode_restored.png" in made
+    assert "line_restored.png" in made and "one_pixel_restored.png" in made  # tiny but restorable as they are
+    assert not [m for m in made if m.startswith(".")]  # nothing half-written
+    assert sorted(p.name for p in hostile.iterdir()) == before
