@@ -26,10 +26,31 @@ CONF_DIR = REPO_ROOT / "conf"
 _RUN_ID = f"{os.getpid()}{secrets.token_hex(2)}"
 
 
+def swept_job_name(num: int, sweep_dir: str, task_overrides, sweeper_params=None) -> str:
+    """``<job number>_<the overrides that vary across the sweep>``, e.g. ``3_model=dncnn``.
+
+    The keys that vary are the sweeper's ``params`` (Optuna) plus the comma lists, ranges and choices of the
+    command line, read from the multirun.yaml that Hydra's basic sweeper writes before any job starts.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept = set((sweeper_params or {}).keys())
+    multirun_yaml = Path(sweep_dir) / "multirun.yaml"
+    if multirun_yaml.is_file():
+        parsed = OverridesParser.create().parse_overrides(list(OmegaConf.load(multirun_yaml).hydra.overrides.task))
+        swept |= {o.key_or_group for o in parsed if o.is_sweep_override()}
+    if not swept:  # nothing known to vary: name the job by all its overrides
+        swept = None
+    chosen = [o for o in task_overrides if swept is None or o.split("=", 1)[0].lstrip("+~") in swept]
+    name = ",".join(chosen).replace("/", "_")[:150] or "job"
+    return f"{num}_{name}"
+
+
 def _register_resolvers() -> None:
     resolvers = {
         "deblur_root": lambda: str(REPO_ROOT),
         "deblur_run_id": lambda: _RUN_ID,
+        "deblur_job_name": swept_job_name,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -401,8 +401,8 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     loss_fn = LOSSES[t.loss]
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     forward_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
-    log.info("model %s: %d parameters on %s (precision %s, channels_last=%s)", cfg.model.name,
-             count_parameters(model), device, t.precision, channels_last)
+    log.info("model %s: %d parameters on %s (precision %s, channels_last=%s, %d CPU threads)", cfg.model.name,
+             count_parameters(model), device, t.precision, channels_last, torch.get_num_threads())
 
     generator = torch.Generator().manual_seed(t.seed)
     start_epoch, best_psnr, best_epoch = 0, -math.inf, 0
@@ -481,11 +481,42 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
 
     log.info("done: best val PSNR %.3f dB at epoch %d; checkpoints in %s", best_psnr, best_epoch,
              run_dir / "checkpoints")
+    eval_summary = {}
     if cfg.eval.enabled:
         held_out_images = [im for im in image_source(data_cfg).load(1) if im.name in held_out]
-        evaluate_run(cfg, run_dir, device, writer, held_out_images, step=t.epochs)
+        eval_summary = evaluate_run(cfg, run_dir, device, writer, held_out_images, step=t.epochs)
+    write_run_summary(cfg, run_dir, writer, count_parameters(model), best_psnr, best_epoch, eval_summary)
     writer.close()
     return best_psnr
+
+
+def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: float, best_epoch: int,
+                      eval_summary: dict) -> None:
+    """summary.json (read by the sweep summary) and the TensorBoard HPARAMS entry for this run."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = {
+        "model": cfg.model.name, "parameters": parameters, "best_val_psnr": best_psnr, "best_epoch": best_epoch,
+        "epochs": len(rows), "train_time_s": round(sum(float(r["epoch_time_s"]) for r in rows), 2),
+        "samples_per_s": round(float(np.mean([float(r["samples_per_s"]) for r in rows])), 1) if rows else 0.0,
+        "eval": eval_summary,
+    }
+    from deblur_exp.evaluation import write_json
+
+    write_json(run_dir / "summary.json", summary)
+    hparams = {
+        "model": cfg.model.name, "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "lr": cfg.optimizer.lr,
+        "scheduler": str(cfg.scheduler.get("_target_") or "none").rsplit(".", 1)[-1], "loss": cfg.trainer.loss,
+        "batch_size": cfg.trainer.batch_size, "epochs": cfg.trainer.epochs, "seed": cfg.trainer.seed,
+        "data": cfg.data.name, "patch_size": cfg.data.patch_size, "stride": cfg.data.stride, "split": cfg.data.split,
+        "degradation": cfg.degradation.name, "scale": cfg.degradation.scale, "blur_kernel": cfg.degradation.blur_kernel,
+        "apply_to": cfg.degradation.apply_to, "precision": cfg.trainer.precision,
+    }
+    metrics = {"hparam/best_val_psnr": best_psnr}
+    for set_name, scores in eval_summary.items():
+        metrics[f"hparam/{set_name}_psnr"] = scores["psnr_restored"]
+        metrics[f"hparam/{set_name}_ssim"] = scores["ssim_restored"]
+    writer.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder, beside its curves
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path, device, writer, held_out, step: int) -> dict:

@@ -3,6 +3,8 @@
     python scripts/train.py model=dncnn optimizer.lr=1e-3
     python scripts/train.py experiment=seed model=edsr
     python scripts/train.py resume=outputs/runs/2026-11-26/13-00-00_123ab trainer.epochs=20
+    python scripts/train.py -m model=deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr
+    torchrun --nproc_per_node=2 scripts/train.py ...
 """
 
 import sys
@@ -11,22 +13,15 @@ import hydra
 from omegaconf import DictConfig
 
 import deblur_exp.config  # noqa: F401  (registers the config schemas and resolvers with Hydra)
-from deblur_exp.errors import DeblurError
 from deblur_exp.runs import resume_argv
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from deblur_exp.training import TrainingInterrupted, train
+    """Returns the best validation PSNR, the objective that sweepers (Optuna) maximise."""
+    from deblur_exp.sweep import run_job
 
-    try:
-        return train(cfg)
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except DeblurError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

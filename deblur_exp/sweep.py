@@ -1,0 +1,145 @@
+"""Running one job of a run or a sweep, and summarising a sweep when it ends.
+
+``run_job`` is what ``scripts/train.py`` calls: in a multirun it gives each parallel job its share of CPU
+threads (and its own GPU on a multi-GPU machine), and a job that fails records a one-line ``error.txt`` and
+returns NaN instead of raising, so the other jobs and the summary still happen. ``SweepSummary`` is the Hydra
+callback (registered in conf/hydra/default.yaml) that writes summary.csv / summary.md at the sweep root.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from deblur_exp.errors import DeblurError
+
+log = logging.getLogger("deblur_exp")
+
+ERROR_FILE = "error.txt"
+RUN_SUMMARY = "summary.json"  # written by training into every run folder
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def parallel_jobs(launcher: DictConfig, cpus: int) -> int:
+    """How many jobs the launcher runs at once (joblib's n_jobs: -1 = all CPUs, -2 = all but one, ...)."""
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = launcher.get("n_jobs") or -1
+    return max(1, cpus + 1 + n_jobs if n_jobs < 0 else n_jobs)
+
+
+def apply_job_resources(cfg: DictConfig) -> None:
+    """Split CPU threads between parallel jobs and spread jobs over GPUs, unless the config pins them."""
+    import torch
+
+    hydra_cfg = HydraConfig.get()
+    cpus = os.cpu_count() or 1
+    jobs = parallel_jobs(hydra_cfg.launcher, cpus)
+    if cfg.trainer.num_threads is None and jobs > 1:
+        cfg.trainer.num_threads = max(1, cpus // jobs)
+    gpus = torch.cuda.device_count()
+    if gpus > 1 and cfg.trainer.device in ("auto", "cuda"):
+        cfg.trainer.device = f"cuda:{hydra_cfg.job.num % gpus}"
+
+
+def run_job(cfg: DictConfig) -> float:
+    """Train, returning the best validation PSNR; see the module docstring for multirun behaviour."""
+    from deblur_exp.training import TrainingInterrupted, train
+
+    multirun = is_multirun()
+    if multirun:
+        apply_job_resources(cfg)
+    try:
+        return train(cfg)
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, DeblurError) else f"{type(exc).__name__}: {exc}"
+        message = message.splitlines()[0] if message else type(exc).__name__
+        if not multirun:
+            if isinstance(exc, DeblurError):
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(2)
+            raise
+        if isinstance(exc, DeblurError):
+            log.error("job failed: %s", message)
+        else:
+            log.exception("job failed: %s", message)
+        run_dir = Path(cfg.paths.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ERROR_FILE).write_text(message + "\n")
+        return float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def job_row(job_dir: Path) -> dict:
+    overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    row = {"job": job_dir.name, "overrides": " ".join(overrides)}
+    if (job_dir / ERROR_FILE).is_file():
+        return {**row, "status": "failed", "error": (job_dir / ERROR_FILE).read_text().strip()}
+    if not (job_dir / RUN_SUMMARY).is_file():
+        return {**row, "status": "failed", "error": "no summary.json: the job did not finish (killed?)"}
+    summary = json.loads((job_dir / RUN_SUMMARY).read_text())
+    row.update(status="ok", model=summary["model"], parameters=summary["parameters"],
+               best_val_psnr=summary["best_val_psnr"], best_epoch=summary["best_epoch"],
+               epochs=summary["epochs"], train_time_s=summary["train_time_s"], samples_per_s=summary["samples_per_s"])
+    for set_name, scores in summary.get("eval", {}).items():
+        row[f"{set_name}_psnr"] = scores["psnr_restored"]
+        row[f"{set_name}_ssim"] = scores["ssim_restored"]
+    return row
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """One row per job folder, best main metric (val PSNR) first, failed jobs last."""
+    jobs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file())
+    rows = [job_row(j) for j in jobs]
+    return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get("best_val_psnr") or -math.inf)))
+
+
+def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
+    from deblur_exp.evaluation import write_csv
+
+    fields = ["job", "status", "overrides", "model", "parameters", "best_val_psnr", "best_epoch", "epochs"]
+    fields += sorted({k for r in rows for k in r if k.endswith(("_psnr", "_ssim")) and k != "best_val_psnr"})
+    fields += ["train_time_s", "samples_per_s", "error"]
+    write_csv(sweep_dir / "summary.csv", rows, fields)
+    shown = [f for f in fields if f not in ("overrides", "error")]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    for row in rows:
+        if row["status"] != "ok":
+            lines.append(f"| {row['job']} | failed: {row['error']} |" + " |" * (len(shown) - 2))
+            continue
+        cells = [f"{row[f]:.4f}" if isinstance(row.get(f), float) else str(row.get(f, "")) for f in shown]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    tmp = sweep_dir / ".summary.md.tmp"
+    tmp.write_text(table)
+    tmp.replace(sweep_dir / "summary.md")
+    return table
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, tabulate every job in the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = collect(sweep_dir)
+        table = write_summary(sweep_dir, rows)
+        failed = sum(r["status"] != "ok" for r in rows)
+        print(f"\nsweep summary ({len(rows)} jobs, {failed} failed): {sweep_dir / 'summary.md'}\n{table}")
