@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -36,3 +38,16 @@ def resume_argv(argv: list[str]) -> list[str]:
             and not _override_key(o).startswith("hydra.")]
     rest = [a for a in args if not a.startswith("resume=")]
     return [argv[0], *kept, *rest, f"resume={_quote(run)}", f"hydra.run.dir={_quote(run)}"]
+
+
+def distributed_argv(argv: list[str]) -> list[str]:
+    """Under torchrun, let only rank 0 have a run folder: the other ranks' Hydra output goes to a temp dir.
+
+    Every rank composes the same config from the same command line; rank 0 alone writes logs, TensorBoard,
+    checkpoints and the .hydra/ record, so a distributed run still lands in one run folder.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return argv
+    scratch = Path(tempfile.gettempdir()) / f"deblur_exp-rank{rank}-{os.getpid()}"
+    return [*argv, f"hydra.run.dir={_quote(scratch)}", "hydra.output_subdir=null"]

@@ -56,6 +56,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class Distributed:
+    """Where this process sits in a torchrun job; a plain run is rank 0 of 1."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over all processes (in place); a no-op for a single process."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's disjoint share of an epoch's order; equal sizes, so every rank takes as many steps."""
+        usable = len(order) - len(order) % self.world
+        return order[self.rank:usable:self.world]
+
+
+def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join the process group torchrun set up (NCCL on CUDA, Gloo on CPU); each rank gets its own GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed(), device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), world), device
+
+
+class _NoWriter:
+    """Stands in for the TensorBoard writer on ranks other than 0: only rank 0 writes."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -149,7 +196,9 @@ class PatchTensors:
     def batches(self, batch_size: int, order: torch.Tensor | None = None, limit: int | None = None,
                 channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(degraded, sharp) float NCHW batches in [0, 1], in ``order`` (a permutation) or sequentially."""
-        n_samples = min(len(self), self.num_batches(batch_size, limit) * batch_size)
+        available = len(self) if order is None else len(order)
+        n_samples = min(available, math.ceil(available / batch_size) * batch_size if limit is None
+                        else limit * batch_size)
         capacity = min(max(1, self.CHUNK_SAMPLES // batch_size) * batch_size, n_samples)
         for start in range(0, n_samples, capacity):
             stop = min(start + capacity, n_samples)
@@ -192,7 +241,7 @@ class TrainingInterrupted(DeblurError):
 
 
 def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, autocast, scaler, channels_last,
-                stop: StopFlag | None = None, partial: dict | None = None):
+                stop: StopFlag | None = None, partial: dict | None = None, dist: Distributed = Distributed()):
     """One pass over the shuffled training patches.
 
     Returns (mean loss per sample, samples seen, None), or, when ``stop`` is raised mid-epoch,
@@ -205,10 +254,10 @@ def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, aut
     if partial is not None:
         generator.set_state(partial["shuffle_state"])
     shuffle_state = generator.get_state()
-    order = torch.randperm(len(train_set), generator=generator).to(device)
+    order = dist.shard(torch.randperm(len(train_set), generator=generator)).to(device)
     loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device, dtype=torch.float64)
     seen, done = (partial["seen"], partial["step"]) if partial else (0, 0)
-    total = train_set.num_batches(t.batch_size, t.limit_train_batches)
+    total = min(math.ceil(len(order) / t.batch_size), t.limit_train_batches or math.inf)
     bar = tqdm(train_set.batches(t.batch_size, order, t.limit_train_batches, channels_last), total=total,
                desc=f"epoch {epoch}/{t.epochs}", leave=False, disable=not t.progress, unit="batch")
     for step, (degraded, sharp) in enumerate(bar, start=1):
@@ -237,21 +286,22 @@ def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, aut
 
 
 @torch.no_grad()
-def evaluate_patches(model, val_set, loss_fn, batch_size, limit, autocast, channels_last) -> dict[str, float]:
-    """Mean per-patch loss, restored PSNR and degraded PSNR (the do-nothing baseline) over val patches."""
+def evaluate_patches(model, val_set, loss_fn, batch_size, limit, autocast, channels_last,
+                     dist: Distributed = Distributed()) -> dict[str, float]:
+    """Mean per-patch loss, restored PSNR and degraded PSNR (the do-nothing baseline) over val patches
+    (under torchrun: over every rank's share, summed across ranks)."""
     model.eval()
     device = val_set.sharp.device
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
-    count = 0
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, psnr, degraded psnr, count
     for degraded, sharp in val_set.batches(batch_size, None, limit, channels_last):
         with autocast():
             restored = model(degraded)
         restored = restored.float()
         per_patch_loss = loss_fn(restored, sharp, reduction="none").flatten(1).mean(dim=1)
         sums += torch.stack([per_patch_loss.double().sum(), batch_psnr(restored, sharp).sum(),
-                             batch_psnr(degraded, sharp).sum()])
-        count += len(sharp)
-    loss, psnr, psnr_degraded = (sums / max(count, 1)).tolist()
+                             batch_psnr(degraded, sharp).sum(), torch.tensor(len(sharp), device=device)])
+    dist.all_sum(sums)
+    loss, psnr, psnr_degraded = (sums[:3] / sums[3].clamp_min(1)).tolist()
     return {"val_loss": loss, "val_psnr": psnr, "val_psnr_degraded": psnr_degraded}
 
 
@@ -359,6 +409,8 @@ def train(cfg: DictConfig) -> float:
     check_config(cfg)
     t = cfg.trainer
     run_dir = Path(cfg.resume or cfg.paths.run_dir).expanduser().resolve()
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: ranks other than 0 write nothing
+        return _train(cfg, t, run_dir)
     prepare_run_dir(run_dir)
     handler = attach_log_file(run_dir)
     try:
@@ -369,7 +421,9 @@ def train(cfg: DictConfig) -> float:
 
 
 def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
-    device = resolve_device(t.device)
+    dist, device = init_distributed(resolve_device(t.device))
+    if not dist.is_main:
+        log.setLevel(logging.WARNING)
     autocast = autocast_for(t.precision, device)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -387,6 +441,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     held_out = sorted({patches.image_names[i] for i in patches.image_index[val_idx]}) if data_cfg.split == "image" else []
     train_set = PatchTensors.from_patches(patches, train_idx, device)
     val_set = PatchTensors.from_patches(patches, val_idx, device)
+    val_shard = val_set if dist.world == 1 else PatchTensors.from_patches(patches, val_idx[dist.rank::dist.world], device)
     del patches
     log.info("data %s: %d train / %d val patches of %dx%d (split=%s, degradation=%s applied per %s)",
              data_cfg.name, len(train_set), len(val_set), data_cfg.patch_size, data_cfg.patch_size,
@@ -401,6 +456,12 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     loss_fn = LOSSES[t.loss]
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     forward_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward_model = DistributedDataParallel(forward_model, device_ids=[device] if device.type == "cuda" else None)
+        log.info("distributed: %d processes (%s); effective batch %d = %d per process x %d", dist.world,
+                 "NCCL" if device.type == "cuda" else "Gloo", t.batch_size * dist.world, t.batch_size, dist.world)
     log.info("model %s: %d parameters on %s (precision %s, channels_last=%s, %d CPU threads)", cfg.model.name,
              count_parameters(model), device, t.precision, channels_last, torch.get_num_threads())
 
@@ -420,11 +481,13 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
         partial = state.get("partial_epoch")
         log.info("resumed from %s after epoch %d%s (best val PSNR %.3f dB at epoch %d)", state["path"], start_epoch,
                  f", step {partial['step']} of epoch {start_epoch + 1}" if partial else "", best_psnr, best_epoch)
-    metrics = MetricsTable(run_dir / "metrics.csv", keep_through_epoch=start_epoch)
+    if dist.is_main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1 if start_epoch else None)
+        metrics = MetricsTable(run_dir / "metrics.csv", keep_through_epoch=start_epoch)
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1 if start_epoch else None)
+    else:
+        metrics, writer = _NoWriter(), _NoWriter()
     if start_epoch == 0:
         writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```", 0)
     val_batch = t.val_batch_size or 4 * t.batch_size
@@ -437,19 +500,19 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
                 "config": resolved_config, "metrics": row, "best_psnr": best_psnr, "best_epoch": best_epoch}
 
     stop = StopFlag()
-    with stop.installed():
+    with stop.installed() if dist.world == 1 else contextlib.nullcontext():  # DDP: torchrun owns the signals
         for epoch in range(start_epoch + 1, t.epochs + 1):
             started = time.perf_counter()
             train_loss, seen, progress = train_epoch(forward_model, train_set, optimizer, loss_fn, cfg, epoch,
-                                                     generator, autocast, scaler, channels_last, stop, partial)
+                                                     generator, autocast, scaler, channels_last, stop, partial, dist)
             partial = None
             if progress is not None:  # SIGINT/SIGTERM mid-epoch: save where we are, then stop
                 save_checkpoint(last_path, {**checkpoint_state(epoch - 1), "partial_epoch": progress},
                                 keep_previous=True)
                 raise interrupted(stop, run_dir, f"epoch {epoch}, step {progress['step']}")
             train_time = time.perf_counter() - started
-            val = evaluate_patches(forward_model, val_set, loss_fn, val_batch, t.limit_val_batches, autocast,
-                                   channels_last)
+            val = evaluate_patches(forward_model, val_shard, loss_fn, val_batch, t.limit_val_batches, autocast,
+                                   channels_last, dist)
             if not math.isfinite(val["val_loss"]):
                 raise DeblurError(f"training diverged: the validation loss is {val['val_loss']} after epoch {epoch}; "
                                   f"lower optimizer.lr. The last good checkpoint is kept in checkpoints/")
@@ -474,13 +537,17 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
             # best.pt before last.pt: a kill in between resumes from the previous epoch and redoes this one.
             if val["val_psnr"] > best_psnr:
                 best_psnr, best_epoch = val["val_psnr"], epoch
-                save_checkpoint(best_path, checkpoint_state(epoch, row))
-            save_checkpoint(last_path, checkpoint_state(epoch, row), keep_previous=True)
+                if dist.is_main:
+                    save_checkpoint(best_path, checkpoint_state(epoch, row))
+            if dist.is_main:
+                save_checkpoint(last_path, checkpoint_state(epoch, row), keep_previous=True)
             if stop.signum is not None:
                 raise interrupted(stop, run_dir, f"epoch {epoch}")
 
     log.info("done: best val PSNR %.3f dB at epoch %d; checkpoints in %s", best_psnr, best_epoch,
              run_dir / "checkpoints")
+    if not dist.is_main:
+        return best_psnr
     eval_summary = {}
     if cfg.eval.enabled:
         held_out_images = [im for im in image_source(data_cfg).load(1) if im.name in held_out]

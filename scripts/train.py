@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 import deblur_exp.config  # noqa: F401  (registers the config schemas and resolvers with Hydra)
-from deblur_exp.runs import resume_argv
+from deblur_exp.runs import distributed_argv, resume_argv
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -25,5 +25,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv = resume_argv(sys.argv)
+    sys.argv = distributed_argv(resume_argv(sys.argv))
     main()

@@ -1,0 +1,148 @@
+"""Multirun sweeps, launchers, the Optuna sweeper and torchrun, driven from the shell as a user would."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from deblur_exp.config import REPO_ROOT, swept_job_name
+from deblur_exp.sweep import parallel_jobs
+from tests.conftest import TINY, run_script
+
+FIVE = "deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr"
+QUICK = [*TINY, "trainer.epochs=1"]
+
+
+def sweep_dir(root):
+    (folder,) = (root / "multirun").glob("*/*")
+    return folder
+
+
+def summary_rows(folder):
+    with open(folder / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_five_model_sweep_ends_in_a_comparison(tmp_path):
+    result = run_script("train.py", "-m", f"model={FIVE}", *QUICK, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    folder = sweep_dir(tmp_path)
+    jobs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0_model=deblurcnn", "1_model=deblurcnn_res", "2_model=deblursuperrescnn", "3_model=dncnn",
+                    "4_model=edsr"]
+    for job in jobs:  # each a complete run folder
+        for artefact in (".hydra/config.yaml", "metrics.csv", "checkpoints/best.pt", "tensorboard", "summary.json"):
+            assert (folder / job / artefact).exists(), (job, artefact)
+    rows = summary_rows(folder)
+    assert sorted(r["model"] for r in rows) == sorted(FIVE.split(","))
+    psnrs = [float(r["best_val_psnr"]) for r in rows]
+    assert psnrs == sorted(psnrs, reverse=True)  # sorted by the main metric
+    for row in rows:
+        assert row["status"] == "ok" and int(row["parameters"]) > 0 and row["held_out_psnr"]
+        assert float(row["train_time_s"]) > 0 and float(row["samples_per_s"]) > 0 and row["best_epoch"] == "1"
+    assert "| job | status | model |" in (folder / "summary.md").read_text()
+    assert "sweep summary (5 jobs, 0 failed)" in result.stdout
+    # TensorBoard's HPARAMS tab: every job has its hyperparameters and final metrics
+    events = EventAccumulator(str(folder / "3_model=dncnn" / "tensorboard")).Reload()
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert "hparam/best_val_psnr" in events.Tags()["scalars"]
+
+
+def test_a_failing_job_is_listed_and_does_not_stop_the_others(tmp_path):
+    quick = [o for o in QUICK if not o.startswith("data.patch_size")]
+    result = run_script("train.py", "-m", "model=srcnn", "data.patch_size=16,2", *quick,
+                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    folder = sweep_dir(tmp_path)
+    rows = {r["job"]: r for r in summary_rows(folder)}
+    assert rows["0_data.patch_size=16"]["status"] == "ok"
+    failed = rows["1_data.patch_size=2"]
+    assert failed["status"] == "failed"
+    assert failed["error"] == "data.patch_size: is smaller than degradation.scale=3; a patch must survive the " \
+                              "downscale (got 2)"
+    assert "1 failed" in result.stdout
+
+
+def test_joblib_runs_jobs_in_parallel_with_split_threads(tmp_path):
+    result = run_script("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=srcnn,edsr",
+                        *QUICK, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    folder = sweep_dir(tmp_path)
+    assert [r["status"] for r in summary_rows(folder)] == ["ok", "ok"]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for job in ("0_model=srcnn", "1_model=edsr"):
+        assert f"{threads} CPU threads" in (folder / job / "train.log").read_text()
+
+
+def test_submitit_local_launcher(tmp_path):
+    result = run_script("train.py", "-m", "hydra/launcher=submitit_local", "model=srcnn,edsr", *QUICK,
+                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    folder = sweep_dir(tmp_path)
+    assert sorted(r["job"] for r in summary_rows(folder)) == ["0_model=srcnn", "1_model=edsr"]
+    assert (folder / ".submitit").is_dir()
+
+
+def test_slurm_preset_composes():
+    result = run_script("train.py", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr
+    for line in ("partition: gpu", "gpus_per_node: 1", "cpus_per_task: 8", "mem_gb: 32", "timeout_min: 240",
+                 "SlurmLauncher"):
+        assert line in result.stdout
+
+
+def test_optuna_search_maximises_the_returned_metric(tmp_path):
+    result = run_script("train.py", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=2",
+                        "hydra.sweeper.params.model='choice(srcnn,edsr)'", *QUICK,
+                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    folder = sweep_dir(tmp_path)
+    rows = summary_rows(folder)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert all(r["job"].split("_", 1)[1].startswith("optimizer.lr=") for r in rows)
+    best = (folder / "optimization_results.yaml").read_text()
+    assert "best_value" in best
+    best_value = float(best.split("best_value:")[1].split()[0])
+    assert best_value == pytest.approx(max(float(r["best_val_psnr"]) for r in rows), abs=1e-4)  # csv: 4 decimals
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_torchrun_two_process_gloo_run_lands_in_one_folder(tmp_path):
+    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    cmd = [shutil.which("torchrun"), "--standalone", "--nproc_per_node=2", str(REPO_ROOT / "scripts" / "train.py"),
+           *QUICK, "trainer.epochs=2", "model=srcnn"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "runs").glob("*/*")  # one run folder, written by rank 0 only
+    log = (run / "train.log").read_text()
+    assert "distributed: 2 processes (Gloo); effective batch 16 = 8 per process x 2" in log
+    for artefact in (".hydra/config.yaml", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt",
+                     "tensorboard", "summary.json"):
+        assert (run / artefact).exists(), artefact
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    # two ranks x 2 steps x batch 8: each epoch saw 32 samples, reduced across ranks
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+    assert log.count("epoch 1/2") == 1  # logged once, by rank 0
+
+
+def test_job_names_show_only_the_swept_values(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: ['model=a,b', 'trainer.epochs=1']\n")
+    assert swept_job_name(3, str(tmp_path), ["model=b", "trainer.epochs=1"]) == "3_model=b"
+    assert swept_job_name(0, str(tmp_path / "none"), ["x=1"], {"x": "choice(1,2)"}) == "0_x=1"
+    assert swept_job_name(1, str(tmp_path / "none"), ["data.root=/a/b"]) == "1_data.root=_a_b"
+
+
+@pytest.mark.parametrize("target,n_jobs,expected", [("...JoblibLauncher", 2, 2), ("...JoblibLauncher", -1, 8),
+                                                    ("...JoblibLauncher", -2, 7), ("...BasicLauncher", 4, 1)])
+def test_parallel_jobs(target, n_jobs, expected):
+    from omegaconf import OmegaConf
+
+    assert parallel_jobs(OmegaConf.create({"_target_": target.replace("...", "joblib." if "Job" in target else ""),
+                                           "n_jobs": n_jobs}), cpus=8) == expected
