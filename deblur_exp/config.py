@@ -192,7 +192,6 @@ class TrainConfig:
     paths: PathsConfig = MISSING
     eval: EvalConfig = MISSING
     resume: Optional[str] = None
-    task_name: str = "train"
 
 
 def register_configs() -> None:

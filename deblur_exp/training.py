@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 from tqdm import tqdm
 
 from deblur_exp.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
@@ -173,10 +172,6 @@ class PatchTensors:
 
     def __len__(self) -> int:
         return len(self.sharp)
-
-    def num_batches(self, batch_size: int, limit: int | None = None) -> int:
-        n = math.ceil(len(self) / batch_size)
-        return n if limit is None else min(n, limit)
 
     def _chunk(self, role: str, index, size: int, capacity: int, channels_last: bool) -> torch.Tensor:
         images = getattr(self, role)

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from deblur_exp.cli import default_data_dir
 from deblur_exp.config import DataConfig, DegradationConfig
-from deblur_exp.data.patches import PatchSet, cut_patches, load_patches
+from deblur_exp.data.patches import PatchSet, load_patches
 from deblur_exp.models import build_model
 from deblur_exp.training import PatchTensors, resolve_device, train_epoch
 

@@ -21,7 +21,7 @@ def read_rows(path):
 
 def test_training_ends_with_evaluation(make_cfg, tmp_path):
     set5 = dataset("Set5")
-    sets = write_sharp_images(tmp_path / "data" / "Mini")
+    write_sharp_images(tmp_path / "data" / "Mini")
     run_dir = tmp_path / "run"
     train(make_cfg([*TINY, "model=srcnn", f"paths.data_dir={tmp_path / 'data'}", "eval.sets=[Mini,Absent]",
                     f"eval.images={set5}"], run_dir))
