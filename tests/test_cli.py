@@ -65,3 +65,16 @@ def test_unknown_group_option_lists_the_available_ones():
     result = run_script("train.py", "model=unet")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Could not find 'model/unet'" in result.stderr and "dncnn" in result.stderr
+
+
+def test_default_run_beats_the_degraded_input(tmp_path):
+    """The Quick start's `python scripts/train.py`, exactly: bundled photos, default settings (~2 min on 2 cores)."""
+    result = run_script("train.py", env={"DEBLUR_OUTPUT_DIR": str(tmp_path), "DEBLUR_DATA_DIR": str(tmp_path / "none")})
+    assert result.returncode == 0, result.stderr
+    (run,) = runs_under(tmp_path)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    best = max(float(r["val_psnr"]) for r in rows)
+    assert best > float(rows[-1]["val_psnr_degraded"]) + 0.5, rows  # a clear gain over doing nothing
+    assert (run / "eval" / "held_out.csv").is_file()

@@ -145,3 +145,22 @@ def test_parallel_jobs(target, n_jobs, expected):
 
     assert parallel_jobs(OmegaConf.create({"_target_": target.replace("...", "joblib." if "Job" in target else ""),
                                            "n_jobs": n_jobs}), cpus=8) == expected
+
+
+def test_parallel_jobs_get_their_own_gpu_and_a_share_of_the_cores(monkeypatch, make_cfg):
+    """On a multi-GPU machine job k of a joblib sweep trains on cuda:(k % gpus); threads are split."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from deblur_exp import sweep
+
+    cfg = make_cfg(["trainer.device=auto"])
+    hydra_cfg = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher."
+                                                                      "joblib_launcher.JoblibLauncher", "n_jobs": 3},
+                                            "job": {"num": 5}}})
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg.hydra))
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    monkeypatch.setattr("os.cpu_count", lambda: 12)
+    with open_dict(cfg):
+        sweep.apply_job_resources(cfg)
+    assert cfg.trainer.device == "cuda:1" and cfg.trainer.num_threads == 4

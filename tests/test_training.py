@@ -102,3 +102,7 @@ def test_seed_experiment_trains_on_t91(make_cfg, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="deblur_exp"):
         train(cfg)
     assert "19548 train / 2173 val patches of 35x35" in caplog.text
+
+
+def test_torch_compile_trains_on_cpu(make_cfg):
+    assert train(make_cfg([*TINY, "model=srcnn", "trainer.compile=true", "trainer.epochs=1"])) > 0
