@@ -185,8 +185,7 @@ class PatchTensors:
             raw.copy_(images[index])
         else:  # index_select, not images[index]: advanced indexing is ~20x slower for this gather on CPU
             torch.index_select(images, 0, index, out=raw)
-        # div_(255), not mul_(1 / 255): division by an exact 255 rounds the same in vectorised and scalar code
-        # paths, while 1/255 does not, which made results depend on buffer alignment (not bitwise repeatable).
+        # div_(255) gives exactly torchvision's ToTensor values; mul_(1 / 255) differs in the last bit for some.
         chunk = scaled.copy_(raw).div_(255).permute(0, 3, 1, 2)  # NHWC memory = a channels_last NCHW view
         return chunk if channels_last else chunk.contiguous()
 
