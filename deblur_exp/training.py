@@ -522,7 +522,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
                              ("val/psnr_degraded", "val_psnr_degraded"), ("lr", "lr"),
                              ("perf/samples_per_s", "samples_per_s"), ("perf/epoch_time_s", "epoch_time_s")):
                 writer.add_scalar(tag, row[key], epoch)
-            if epoch == 1 or epoch % t.image_every == 0 or epoch == t.epochs:
+            if dist.is_main and (epoch == 1 or epoch % t.image_every == 0 or epoch == t.epochs):
                 writer.add_image("val/degraded|restored|sharp",
                                  image_grid(model, val_set, t.num_image_samples, autocast, channels_last), epoch)
             writer.flush()
