@@ -339,6 +339,20 @@ def image_grid(model, val_set, count, autocast, channels_last) -> torch.Tensor:
     return make_grid(rows.float().cpu(), nrow=3, padding=2)
 
 
+SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/psnr": "val_psnr",
+           "val/psnr_degraded": "val_psnr_degraded", "lr": "lr", "perf/samples_per_s": "samples_per_s",
+           "perf/epoch_time_s": "epoch_time_s"}
+
+
+def report_epoch(row: dict, writer, epochs: int) -> None:
+    """One epoch's row to TensorBoard scalars and one log line."""
+    for tag, key in SCALARS.items():
+        writer.add_scalar(tag, row[key], row["epoch"])
+    log.info("epoch %d/%d  train_loss %.6f  val_loss %.6f  val_psnr %.3f dB (degraded %.3f)  lr %.2e  %.1fs  "
+             "%.0f samples/s", row["epoch"], epochs, row["train_loss"], row["val_loss"], row["val_psnr"],
+             row["val_psnr_degraded"], row["lr"], row["epoch_time_s"], row["samples_per_s"])
+
+
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -399,6 +413,22 @@ def step_scheduler(scheduler, val_loss: float) -> None:
         scheduler.step()
 
 
+def prepare_data(cfg: DictConfig, data_cfg, device: torch.device, dist: Distributed):
+    """(train, val, this rank's val share, names of held-out images) as device tensors, cut and split once."""
+    degradation = OmegaConf.to_object(cfg.degradation)
+    patches = load_patches(data_cfg, degradation, cfg.paths.cache_dir)
+    train_idx, val_idx = split_indices(patches, data_cfg, cfg.trainer.seed)
+    held_out = sorted({patches.image_names[i] for i in patches.image_index[val_idx]})
+    train_set = PatchTensors.from_patches(patches, train_idx, device)
+    val_set = PatchTensors.from_patches(patches, val_idx, device)
+    val_shard = val_set if dist.world == 1 else PatchTensors.from_patches(patches, val_idx[dist.rank::dist.world],
+                                                                           device)
+    log.info("data %s: %d train / %d val patches of %dx%d (split=%s, degradation=%s applied per %s)",
+             data_cfg.name, len(train_set), len(val_set), data_cfg.patch_size, data_cfg.patch_size,
+             data_cfg.split, degradation.name, degradation.apply_to)
+    return train_set, val_set, val_shard, held_out if data_cfg.split == "image" else []
+
+
 # ------------------------------------------------------------------------------------------------ train
 def train(cfg: DictConfig) -> float:
     """Train one run as ``cfg`` says; returns the best validation PSNR (the sweepers' objective)."""
@@ -431,17 +461,8 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     log.info("run folder: %s", run_dir)
 
     # Data: cut, degrade and split once; then hold everything as tensors on the device.
-    data_cfg, degradation = OmegaConf.to_object(cfg.data), OmegaConf.to_object(cfg.degradation)
-    patches = load_patches(data_cfg, degradation, cfg.paths.cache_dir)
-    train_idx, val_idx = split_indices(patches, data_cfg, t.seed)
-    held_out = sorted({patches.image_names[i] for i in patches.image_index[val_idx]}) if data_cfg.split == "image" else []
-    train_set = PatchTensors.from_patches(patches, train_idx, device)
-    val_set = PatchTensors.from_patches(patches, val_idx, device)
-    val_shard = val_set if dist.world == 1 else PatchTensors.from_patches(patches, val_idx[dist.rank::dist.world], device)
-    del patches
-    log.info("data %s: %d train / %d val patches of %dx%d (split=%s, degradation=%s applied per %s)",
-             data_cfg.name, len(train_set), len(val_set), data_cfg.patch_size, data_cfg.patch_size,
-             data_cfg.split, degradation.name, degradation.apply_to)
+    data_cfg = OmegaConf.to_object(cfg.data)
+    train_set, val_set, val_shard, held_out = prepare_data(cfg, data_cfg, device, dist)
 
     # Model, optimizer, scheduler, loss.
     model = build_model(cfg.model.name, **cfg.model.params).to(device)
@@ -467,11 +488,9 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     partial = None
     if cfg.resume:
         state = load_resume_state(run_dir / "checkpoints", cfg.model.name)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state.get("scaler") or {})
+        for part, key in ((model, "model"), (optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+            if part is not None and state.get(key):
+                part.load_state_dict(state[key])
         restore_rng(state["rng"], generator)
         start_epoch, best_psnr, best_epoch = state["epoch"], state["best_psnr"], state["best_epoch"]
         partial = state.get("partial_epoch")
@@ -518,17 +537,11 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
             row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "epoch_time_s": round(epoch_time, 3),
                    "samples_per_s": round(seen / train_time, 1)}
             metrics.append(row)
-            for tag, key in (("train/loss", "train_loss"), ("val/loss", "val_loss"), ("val/psnr", "val_psnr"),
-                             ("val/psnr_degraded", "val_psnr_degraded"), ("lr", "lr"),
-                             ("perf/samples_per_s", "samples_per_s"), ("perf/epoch_time_s", "epoch_time_s")):
-                writer.add_scalar(tag, row[key], epoch)
+            report_epoch(row, writer, t.epochs)
             if dist.is_main and (epoch == 1 or epoch % t.image_every == 0 or epoch == t.epochs):
                 writer.add_image("val/degraded|restored|sharp",
                                  image_grid(model, val_set, t.num_image_samples, autocast, channels_last), epoch)
             writer.flush()
-            log.info("epoch %d/%d  train_loss %.6f  val_loss %.6f  val_psnr %.3f dB (degraded %.3f)  lr %.2e  "
-                     "%.1fs  %.0f samples/s", epoch, t.epochs, train_loss, val["val_loss"], val["val_psnr"],
-                     val["val_psnr_degraded"], lr, epoch_time, row["samples_per_s"])
 
             # best.pt before last.pt: a kill in between resumes from the previous epoch and redoes this one.
             if val["val_psnr"] > best_psnr:
