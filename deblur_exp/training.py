@@ -283,22 +283,25 @@ def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, aut
 
 @torch.no_grad()
 def evaluate_patches(model, val_set, loss_fn, batch_size, limit, autocast, channels_last,
-                     dist: Distributed = Distributed()) -> dict[str, float]:
-    """Mean per-patch loss, restored PSNR and degraded PSNR (the do-nothing baseline) over val patches
-    (under torchrun: over every rank's share, summed across ranks)."""
+                     dist: Distributed = Distributed(), baseline: float | None = None) -> dict[str, float]:
+    """Mean per-patch loss and restored PSNR over val patches (under torchrun: over every rank's share,
+    summed across ranks), plus the degraded input's PSNR, the do-nothing baseline: computed when
+    ``baseline`` is None, else passed through (it never changes during a run)."""
     model.eval()
     device = val_set.sharp.device
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, psnr, degraded psnr, count
+    zero = torch.zeros((), device=device, dtype=torch.float64)
     for degraded, sharp in val_set.batches(batch_size, None, limit, channels_last):
         with autocast():
             restored = model(degraded)
         restored = restored.float()
         per_patch_loss = loss_fn(restored, sharp, reduction="none").flatten(1).mean(dim=1)
         sums += torch.stack([per_patch_loss.double().sum(), batch_psnr(restored, sharp).sum(),
-                             batch_psnr(degraded, sharp).sum(), torch.tensor(len(sharp), device=device)])
+                             batch_psnr(degraded, sharp).sum() if baseline is None else zero,
+                             torch.tensor(len(sharp), device=device)])
     dist.all_sum(sums)
     loss, psnr, psnr_degraded = (sums[:3] / sums[3].clamp_min(1)).tolist()
-    return {"val_loss": loss, "val_psnr": psnr, "val_psnr_degraded": psnr_degraded}
+    return {"val_loss": loss, "val_psnr": psnr, "val_psnr_degraded": psnr_degraded if baseline is None else baseline}
 
 
 # ------------------------------------------------------------------------------------------ bookkeeping
@@ -514,6 +517,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
                 "scaler": scaler.state_dict(), "epoch": epoch, "rng": rng_state(generator),
                 "config": resolved_config, "metrics": row, "best_psnr": best_psnr, "best_epoch": best_epoch}
 
+    baseline = None  # PSNR of the degraded val patches: measured in the first epoch, then reused
     stop = StopFlag()
     with stop.installed() if dist.world == 1 else contextlib.nullcontext():  # DDP: torchrun owns the signals
         for epoch in range(start_epoch + 1, t.epochs + 1):
@@ -527,7 +531,8 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
                 raise interrupted(stop, run_dir, f"epoch {epoch}, step {progress['step']}")
             train_time = time.perf_counter() - started
             val = evaluate_patches(forward_model, val_shard, loss_fn, val_batch, t.limit_val_batches, autocast,
-                                   channels_last, dist)
+                                   channels_last, dist, baseline)
+            baseline = val["val_psnr_degraded"]
             if not math.isfinite(val["val_loss"]):
                 raise DeblurError(f"training diverged: the validation loss is {val['val_loss']} after epoch {epoch}; "
                                   f"lower optimizer.lr. The last good checkpoint is kept in checkpoints/")
