@@ -43,6 +43,11 @@ class Restorer:
     config: dict = field(repr=False)
 
 
+def run_checkpoint(run: Path) -> Path | None:
+    """A run folder's best.pt, else its last.pt, else None."""
+    return next((c for c in (run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt") if c.is_file()), None)
+
+
 def find_checkpoints(target: str | Path) -> list[Path]:
     """A checkpoint file, a run folder (its best.pt, else last.pt) or a sweep folder (every run in it)."""
     target = Path(target).expanduser()
@@ -50,12 +55,9 @@ def find_checkpoints(target: str | Path) -> list[Path]:
         return [target]
     if not target.is_dir():
         raise DeblurError(f"{target}: no such checkpoint file or run folder")
-    for name in ("best.pt", "last.pt"):
-        if (target / "checkpoints" / name).is_file():
-            return [target / "checkpoints" / name]
-    runs = sorted({p.parent.parent for p in target.rglob("checkpoints/*.pt")})
-    found = [(r / "checkpoints" / "best.pt") if (r / "checkpoints" / "best.pt").is_file()
-             else (r / "checkpoints" / "last.pt") for r in runs]
+    runs = [target] if (target / "checkpoints").is_dir() else sorted({p.parent.parent
+                                                                       for p in target.rglob("checkpoints/*.pt")})
+    found = [c for c in map(run_checkpoint, runs) if c is not None]
     if not found:
         raise DeblurError(f"{target}: holds no checkpoints/best.pt or last.pt (is it a run or sweep folder?)")
     return found
@@ -136,11 +138,22 @@ def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def write_json(path: Path, data) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, default=float))
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value):

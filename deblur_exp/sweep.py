@@ -111,24 +111,21 @@ def collect(sweep_dir: Path) -> list[dict]:
 
 
 def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
-    from deblur_exp.evaluation import write_csv
+    from deblur_exp.evaluation import markdown_table, write_csv, write_text
 
     fields = ["job", "status", "overrides", "model", "parameters", "best_val_psnr", "best_epoch", "epochs"]
     fields += sorted({k for r in rows for k in r if k.endswith(("_psnr", "_ssim")) and k != "best_val_psnr"})
     fields += ["train_time_s", "samples_per_s", "error"]
     write_csv(sweep_dir / "summary.csv", rows, fields)
     shown = [f for f in fields if f not in ("overrides", "error")]
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    cells = []
     for row in rows:
         if row["status"] != "ok":
-            lines.append(f"| {row['job']} | failed: {row['error']} |" + " |" * (len(shown) - 2))
-            continue
-        cells = [f"{row[f]:.4f}" if isinstance(row.get(f), float) else str(row.get(f, "")) for f in shown]
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
-    tmp = sweep_dir / ".summary.md.tmp"
-    tmp.write_text(table)
-    tmp.replace(sweep_dir / "summary.md")
+            cells.append([row["job"], f"failed: {row['error']}"] + [""] * (len(shown) - 2))
+        else:
+            cells.append([f"{row[f]:.4f}" if isinstance(row.get(f), float) else row.get(f, "") for f in shown])
+    table = markdown_table(shown, cells)
+    write_text(sweep_dir / "summary.md", table)
     return table
 
 

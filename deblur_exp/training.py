@@ -11,7 +11,6 @@ import csv
 import logging
 import math
 import os
-import random
 import signal
 import threading
 import time
@@ -103,7 +102,6 @@ class _NoWriter:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
         # cuBLAS needs a fixed workspace to be deterministic; harmless on CPU.
@@ -357,7 +355,7 @@ def report_epoch(row: dict, writer, epochs: int) -> None:
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -366,13 +364,8 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
 def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["shuffle"])
-    random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value):
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def load_resume_state(checkpoints: Path, arch: str) -> dict:

@@ -22,7 +22,8 @@ from deblur_exp.config import REPO_ROOT
 from deblur_exp.data.degrade import degrade
 from deblur_exp.errors import DeblurError
 from deblur_exp.data.images import read_folder
-from deblur_exp.evaluation import IMAGE_FIELDS, evaluate_set, find_checkpoints, load_restorer, summarize, write_csv
+from deblur_exp.evaluation import (IMAGE_FIELDS, evaluate_set, find_checkpoints, load_restorer, markdown_table,
+                                   summarize, write_csv, write_text)
 from deblur_exp.figures import panels, three_panel
 from deblur_exp.metrics import psnr
 from deblur_exp.models import count_parameters
@@ -131,18 +132,14 @@ def write_summary(out: Path, summary: list[dict], set_names: list[str]) -> None:
         row["rank"] = rank
     write_csv(out / "summary.csv", summary, fields + ["checkpoint"])
     header = ["rank", "model", "parameters", "mean PSNR"] + [f"{s} PSNR / SSIM" for s in set_names]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     first = summary[0]
-    lines.append("| - | degraded input | - | - | " + " | ".join(
-        f"{first[f'{s}_psnr_degraded']:.2f} / {first[f'{s}_ssim_degraded']:.4f}" for s in set_names) + " |")
+    rows = [["-", "degraded input", "-", "-"] + [f"{first[f'{s}_psnr_degraded']:.2f} / "
+                                                 f"{first[f'{s}_ssim_degraded']:.4f}" for s in set_names]]
     for row in summary:
-        cells = [str(row["rank"]), row["model"], f"{row['parameters']:,}", f"{row['mean_psnr']:.2f}"]
-        cells += [f"{row[f'{s}_psnr']:.2f} / {row[f'{s}_ssim']:.4f}" for s in set_names]
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
-    tmp = out / ".summary.md.tmp"
-    tmp.write_text(table)
-    tmp.replace(out / "summary.md")
+        rows.append([row["rank"], row["model"], f"{row['parameters']:,}", f"{row['mean_psnr']:.2f}"]
+                    + [f"{row[f'{s}_psnr']:.2f} / {row[f'{s}_ssim']:.4f}" for s in set_names])
+    table = markdown_table(header, rows)
+    write_text(out / "summary.md", table)
     print(table)
 
 
