@@ -20,3 +20,32 @@ def test_benchmark_writes_the_documented_report(tmp_path):
         assert row["memory_format"] in ("nchw", "channels_last")
     assert report["inference"] == {"skipped": f"no Set14 at {tmp_path / 'none' / 'Set14'}"}
     assert "data path:" in result.stdout and "training (samples/s):" in result.stdout
+
+
+SWEEP_TINY = ["data=sample", "data.images=[chelsea,coffee]", "data.val_images=[chelsea]", "data.patch_size=16",
+              "data.stride=16", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "eval.enabled=false"]
+
+
+def run_sweep_section(tmp_path, *overrides):
+    report_path = tmp_path / "bench.json"
+    result = run_script("benchmark.py", "--models", "srcnn", "edsr", "--device", "cpu", "--skip", "data", "training",
+                        "patches", "inference", "large", "--sweep-epochs", "2", "--sweep-overrides", *SWEEP_TINY,
+                        *overrides, "--json", str(report_path), env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "out")})
+    assert result.returncode == 0, result.stderr
+    return json.loads(report_path.read_text())["seed_sweep"], result.stdout
+
+
+def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path):
+    sweep, stdout = run_sweep_section(tmp_path)
+    assert sorted(sweep["jobs"]) == ["edsr", "srcnn"]
+    for job in sweep["jobs"].values():  # the jobs' own metrics.csv rows, one per epoch
+        assert len(job["epoch_times_s"]) == 2 and job["steady_epoch_s"] == job["epoch_times_s"][1]
+    slowest = max(job["steady_epoch_s"] for job in sweep["jobs"].values())
+    assert sweep["slowest_steady_epoch_s"] == slowest
+    assert abs(sweep["projected_minutes"] * 60 - (sweep["wall_s"] + 200 * slowest)) < 1e-6
+    assert "projected 202 epochs" in stdout
+
+
+def test_sweep_section_reports_a_failed_job(tmp_path):
+    sweep, stdout = run_sweep_section(tmp_path, "optimizer.lr=-1")
+    assert "optimizer.lr" in sweep["failed"] and "failed:" in stdout

@@ -106,3 +106,32 @@ def test_seed_experiment_trains_on_t91(make_cfg, tmp_path, caplog):
 
 def test_torch_compile_trains_on_cpu(make_cfg):
     assert train(make_cfg([*TINY, "model=srcnn", "trainer.compile=true", "trainer.epochs=1"])) > 0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batches_equal_to_tensor_of_the_permuted_patches(monkeypatch, channels_last):
+    """Chunked gathering is an optimisation only: the batches are exactly torchvision's ToTensor of the patches
+    in the given order, whatever the chunk size, including the short last batch and the `limit` cut."""
+    import numpy as np
+    from torchvision.transforms.functional import to_tensor
+
+    from deblur_exp.data.patches import PatchSet
+    from deblur_exp.training import PatchTensors
+
+    rng = np.random.default_rng(0)
+    sharp, degraded = (rng.integers(0, 256, (23, 5, 5, 3), dtype=np.uint8) for _ in range(2))
+    patches = PatchSet(sharp, degraded, np.zeros(23, np.int64), ["random"])
+    indices = np.arange(2, 23)  # 21 patches: a subset, as a train split would be
+    monkeypatch.setattr(PatchTensors, "CHUNK_BYTES", 4 * 5 * 5 * 3 * 4)  # 4 patches: many chunk boundaries
+    tensors = PatchTensors.from_patches(patches, indices, torch.device("cpu"))
+    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(1))
+
+    got = [(d.clone(), s.clone(), d.is_contiguous(memory_format=torch.channels_last))
+           for d, s in tensors.batches(2, order, channels_last=channels_last)]
+    expected_order = indices[order.numpy()]
+    assert [len(d) for d, _, _ in got] == [2] * 10 + [1]
+    assert torch.equal(torch.cat([d for d, _, _ in got]), torch.stack([to_tensor(degraded[i]) for i in expected_order]))
+    assert torch.equal(torch.cat([s for _, s, _ in got]), torch.stack([to_tensor(sharp[i]) for i in expected_order]))
+    assert all(is_cl == channels_last for _, _, is_cl in got)
+    limited = [d.clone() for d, _ in tensors.batches(2, None, limit=3, channels_last=channels_last)]
+    assert torch.equal(torch.cat(limited), torch.stack([to_tensor(degraded[i]) for i in indices[:6]]))
