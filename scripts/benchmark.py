@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
