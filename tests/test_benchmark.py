@@ -20,6 +20,9 @@ def test_benchmark_writes_the_documented_report(tmp_path):
         assert row["memory_format"] in ("nchw", "channels_last")
     assert report["inference"] == {"skipped": f"no Set14 at {tmp_path / 'none' / 'Set14'}"}
     assert "data path:" in result.stdout and "training (samples/s):" in result.stdout
+    table = result.stdout[result.stdout.index("| measurement |"):]  # the closing summary table
+    assert "| data path (samples/s) |" in table and "| training edsr (samples/s) |" in table
+    assert f"| Set14 whole images | skipped: no Set14 at {tmp_path / 'none' / 'Set14'} |" in table
 
 
 SWEEP_TINY = ["data=sample", "data.images=[chelsea,coffee]", "data.val_images=[chelsea]", "data.patch_size=16",
@@ -43,9 +46,9 @@ def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path):
     slowest = max(job["steady_epoch_s"] for job in sweep["jobs"].values())
     assert sweep["slowest_steady_epoch_s"] == slowest
     assert abs(sweep["projected_minutes"] * 60 - (sweep["wall_s"] + 200 * slowest)) < 1e-6
-    assert "projected 202 epochs" in stdout
+    assert "projected 202 epochs" in stdout and f"projected {sweep['projected_minutes']:.1f} min |" in stdout
 
 
 def test_sweep_section_reports_a_failed_job(tmp_path):
     sweep, stdout = run_sweep_section(tmp_path, "optimizer.lr=-1")
-    assert "optimizer.lr" in sweep["failed"] and "failed:" in stdout
+    assert "optimizer.lr" in sweep["failed"] and "| experiment=seed sweep, 202 epochs | failed: job" in stdout
