@@ -457,6 +457,8 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     if t.compile and t.compile_mode != "default":
         # cuDNN's autotuner cannot run inside CUDA-graph capture ("FIND was unable to find an engine").
         torch.backends.cudnn.benchmark = False
+    # null -> channels_last: faster for all five models on the 2-core CPU (up to 1.2x), and on the H200 the best
+    # format for three of five, within 4% for the others (benchmarks/*.json). true/false force a format.
     channels_last = t.channels_last if t.channels_last is not None else True
     log.info("run folder: %s", run_dir)
 
