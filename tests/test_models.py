@@ -22,6 +22,18 @@ def test_registry_lists_every_architecture():
     assert list_models("deblur*") == ["deblurcnn", "deblurcnn_res", "deblursuperrescnn"]
 
 
+def test_model_group_offers_exactly_the_registered_architectures():
+    """`model=<name>` choices (what Hydra lists on a typo) are one YAML per architecture, nothing else."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deblur_exp.config import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        options = GlobalHydra.instance().config_loader().get_group_options("model")
+    assert options == list_models()
+
+
 @pytest.mark.parametrize("name", sorted(PARAMETERS))
 def test_parameter_count(name):
     assert count_parameters(build_model(name)) == PARAMETERS[name]
