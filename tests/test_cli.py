@@ -78,3 +78,11 @@ def test_default_run_beats_the_degraded_input(tmp_path):
     best = max(float(r["val_psnr"]) for r in rows)
     assert best > float(rows[-1]["val_psnr_degraded"]) + 0.5, rows  # a clear gain over doing nothing
     assert (run / "eval" / "held_out.csv").is_file()
+
+
+def test_help_shows_usage_and_the_groups_to_pick_from():
+    result = run_script("train.py", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("scripts/train.py: train one deblurring CNN")
+    assert "model: deblurcnn, deblurcnn_res, deblursuperrescnn, dncnn, edsr, srcnn\n" in result.stdout
+    assert "experiment: seed\n" in result.stdout and "is powered by Hydra" not in result.stdout
