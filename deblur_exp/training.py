@@ -137,9 +137,8 @@ def prepare_run_dir(run_dir: Path) -> None:
 def attach_log_file(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "train.log", mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
-    for name in ("deblur_exp",):
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("deblur_exp").addHandler(handler)
+    logging.getLogger("deblur_exp").setLevel(logging.INFO)
     return handler
 
 
