@@ -97,9 +97,11 @@ def job_row(job_dir: Path) -> dict:
     row.update(status="ok", model=summary["model"], parameters=summary["parameters"],
                best_val_psnr=summary["best_val_psnr"], best_epoch=summary["best_epoch"],
                epochs=summary["epochs"], train_time_s=summary["train_time_s"], samples_per_s=summary["samples_per_s"])
+    # The do-nothing baseline in the same columns: the degraded input scored like the restored output.
+    row["baseline"] = {"best_val_psnr": summary.get("val_psnr_degraded")}
     for set_name, scores in summary.get("eval", {}).items():
-        row[f"{set_name}_psnr"] = scores["psnr_restored"]
-        row[f"{set_name}_ssim"] = scores["ssim_restored"]
+        row[f"{set_name}_psnr"], row["baseline"][f"{set_name}_psnr"] = scores["psnr_restored"], scores["psnr_degraded"]
+        row[f"{set_name}_ssim"], row["baseline"][f"{set_name}_ssim"] = scores["ssim_restored"], scores["ssim_degraded"]
     return row
 
 
@@ -119,14 +121,42 @@ def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
     write_csv(sweep_dir / "summary.csv", rows, fields)
     shown = [f for f in fields if f not in ("overrides", "error")]
     cells = []
+    baseline = shared_baseline(rows)
+    if baseline:
+        cells.append([_cell(f, {**baseline, "job": "-", "model": "degraded input"}.get(f, "")) for f in shown])
     for row in rows:
         if row["status"] != "ok":
             cells.append([row["job"], f"failed: {row['error']}"] + [""] * (len(shown) - 2))
         else:
-            cells.append([f"{row[f]:.4f}" if isinstance(row.get(f), float) else row.get(f, "") for f in shown])
+            cells.append([_cell(f, row.get(f, "")) for f in shown])
     table = markdown_table(shown, cells)
     write_text(sweep_dir / "summary.md", table)
     return table
+
+
+def shared_baseline(rows: list[dict]) -> dict | None:
+    """The degraded input's scores when every finished job has the same ones (same data, degradation and eval
+    sets); None when they differ (e.g. a sweep over degradations), where one baseline row would mislead."""
+    baselines = [r["baseline"] for r in rows if r["status"] == "ok"]
+    if not baselines or any(b.keys() != baselines[0].keys() for b in baselines):
+        return None
+    for key, value in baselines[0].items():
+        if value is None or any(not math.isclose(b[key], value, abs_tol=1e-6) for b in baselines):
+            return None
+    return baselines[0]
+
+
+def _cell(field: str, value) -> str:
+    """PSNR to 0.01 dB and SSIM to 1e-4 (as evaluate.py's table), times to 0.1 s, counts with separators."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}" if field == "parameters" else str(value)
+    if not isinstance(value, float):
+        return value
+    if field.endswith("_ssim"):
+        return f"{value:.4f}"
+    if field.endswith("_psnr"):
+        return f"{value:.2f}"
+    return f"{value:,.0f}" if field == "samples_per_s" else f"{value:.1f}"
 
 
 class SweepSummary(Callback):

@@ -578,6 +578,7 @@ def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: fl
         "model": cfg.model.name, "parameters": parameters, "best_val_psnr": best_psnr, "best_epoch": best_epoch,
         "epochs": len(rows), "train_time_s": round(sum(float(r["epoch_time_s"]) for r in rows), 2),
         "samples_per_s": round(float(np.mean([float(r["samples_per_s"]) for r in rows])), 1) if rows else 0.0,
+        "val_psnr_degraded": float(rows[-1]["val_psnr_degraded"]) if rows else None,
         "eval": eval_summary,
     }
     from deblur_exp.evaluation import write_json

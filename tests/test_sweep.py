@@ -44,8 +44,14 @@ def test_five_model_sweep_ends_in_a_comparison(tmp_path):
     for row in rows:
         assert row["status"] == "ok" and int(row["parameters"]) > 0 and row["held_out_psnr"]
         assert float(row["train_time_s"]) > 0 and float(row["samples_per_s"]) > 0 and row["best_epoch"] == "1"
-    assert "| job | status | model |" in (folder / "summary.md").read_text()
-    assert "sweep summary (5 jobs, 0 failed)" in result.stdout
+    table = (folder / "summary.md").read_text()
+    assert "| job | status | model |" in table and "sweep summary (5 jobs, 0 failed)" in result.stdout
+    # first row: the degraded input scored the same way, the bar every model has to clear
+    dncnn = json.loads((folder / "3_model=dncnn" / "summary.json").read_text())
+    baseline = table.splitlines()[2].split(" | ")
+    assert baseline[2] == "degraded input"
+    assert f" {dncnn['val_psnr_degraded']:.2f} " in table.splitlines()[2]
+    assert f" {dncnn['eval']['held_out']['psnr_degraded']:.2f} " in table.splitlines()[2]
     # TensorBoard's HPARAMS tab: every job has its hyperparameters and final metrics
     events = EventAccumulator(str(folder / "3_model=dncnn" / "tensorboard")).Reload()
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
@@ -164,3 +170,14 @@ def test_parallel_jobs_get_their_own_gpu_and_a_share_of_the_cores(monkeypatch, m
     with open_dict(cfg):
         sweep.apply_job_resources(cfg)
     assert cfg.trainer.device == "cuda:1" and cfg.trainer.num_threads == 4
+
+
+def test_baseline_row_only_when_every_job_shares_it():
+    from deblur_exp.sweep import shared_baseline
+
+    ok = {"status": "ok", "baseline": {"best_val_psnr": 30.0, "Set5_psnr": 28.0}}
+    other_degradation = {"status": "ok", "baseline": {"best_val_psnr": 27.5, "Set5_psnr": 25.0}}
+    failed = {"status": "failed"}
+    assert shared_baseline([ok, dict(ok), failed]) == ok["baseline"]
+    assert shared_baseline([ok, other_degradation]) is None
+    assert shared_baseline([failed]) is None
