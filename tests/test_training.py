@@ -135,3 +135,19 @@ def test_batches_equal_to_tensor_of_the_permuted_patches(monkeypatch, channels_l
     assert all(is_cl == channels_last for _, _, is_cl in got)
     limited = [d.clone() for d, _ in tensors.batches(2, None, limit=3, channels_last=channels_last)]
     assert torch.equal(torch.cat(limited), torch.stack([to_tensor(degraded[i]) for i in indices[:6]]))
+
+
+def test_fused_adam_trains_on_cpu_like_the_plain_one(make_cfg, tmp_path):
+    """optimizer.fused=true is a speed knob only: same validation PSNR as the plain Adam step, to rounding."""
+    from hydra.utils import instantiate
+
+    plain = train(make_cfg([*TINY, "model=srcnn", "trainer.epochs=1"], run_dir=tmp_path / "plain"))
+    fused_cfg = make_cfg([*TINY, "model=srcnn", "trainer.epochs=1", "optimizer.fused=true"], run_dir=tmp_path / "f")
+    assert instantiate(fused_cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))]).defaults["fused"] is True
+    assert train(fused_cfg) == pytest.approx(plain, abs=1e-3)
+
+
+def test_reduce_overhead_compile_mode_trains_on_cpu(make_cfg):
+    """The sweep's GPU setting (CUDA graphs) must not break a CPU run: Inductor compiles without graphs there."""
+    assert train(make_cfg([*TINY, "model=srcnn", "trainer.compile=true", "trainer.compile_mode=reduce-overhead",
+                           "trainer.epochs=1"])) > 0
