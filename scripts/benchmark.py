@@ -276,7 +276,7 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=SEED_MODELS)
-    p.add_argument("--steps", type=int, default=8, help="timed training steps per measurement")
+    p.add_argument("--steps", type=int, default=16, help="timed training steps per measurement")
     p.add_argument("--batch-size", type=int, default=30)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
