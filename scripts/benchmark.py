@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from deblur_exp.cli import default_data_dir
+from deblur_exp.cli import default_data_dir, run_cli
 from deblur_exp.config import DataConfig, DegradationConfig
 from deblur_exp.data.patches import PatchSet, load_patches
-from deblur_exp.evaluation import markdown_table
-from deblur_exp.models import build_model
+from deblur_exp.errors import DeblurError
+from deblur_exp.evaluation import markdown_table, write_json
+from deblur_exp.models import build_model, list_models
 from deblur_exp.sweep import collect
 from deblur_exp.training import PatchTensors, resolve_device, train_epoch
 
@@ -273,7 +274,33 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
 
 
 # ------------------------------------------------------------------------------------------------- main
-def main() -> None:
+def check_args(args: argparse.Namespace) -> torch.device:
+    """Every flag checked before minutes of measuring; returns the device. Raises DeblurError naming the flag."""
+    for flag, names in (("--models", args.models), ("--large-model", [args.large_model])):
+        unknown = [n for n in names if n not in list_models()]
+        if unknown:
+            raise DeblurError(f"{flag}: unknown model {unknown[0]!r}; known models: {', '.join(list_models())}")
+    for flag, value, least in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                               ("--data-patches", args.data_patches, 1), ("--sweep-epochs", args.sweep_epochs, 0)):
+        if value is not None and value < least:
+            raise DeblurError(f"{flag}: must be at least {least} (got {value})")
+    try:
+        device = resolve_device(args.device)
+    except DeblurError:
+        raise DeblurError(f"--device: {args.device!r} requested but no CUDA device is available; "
+                          f"use --device cpu or auto") from None
+    except RuntimeError:
+        raise DeblurError(f"--device: {args.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if args.precision == "fp16" and device.type != "cuda":
+        raise DeblurError("--precision: fp16 needs a CUDA device; use bf16 or 32 on CPU")
+    try:  # prove the report can be written now, not after the measurements
+        write_json(args.json, {})
+    except OSError as exc:
+        raise DeblurError(f"--json: cannot write {args.json} ({exc.strerror or exc})") from None
+    return device
+
+
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=SEED_MODELS)
     p.add_argument("--steps", type=int, default=16, help="timed training steps per measurement")
@@ -292,49 +319,54 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--json", type=Path, default=Path("benchmark.json"))
     args = p.parse_args()
-    device = resolve_device(args.device)
+    device = check_args(args)
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
                           "torch": torch.__version__, "device": str(device),
                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                           "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps}}
     print(json.dumps(report["machine"]))
+
+    def save(key: str, result: dict) -> dict:
+        """Keep each section as soon as it is measured: an interrupted benchmark keeps what it has."""
+        report[key] = result
+        write_json(args.json, report)
+        return result
+
     if "data" not in args.skip:
-        report["data_path"] = bench_data_path(args.data_patches, args.batch_size, device)
-        d = report["data_path"]
+        d = save("data_path", bench_data_path(args.data_patches, args.batch_size, device))
         print(f"data path: project {d['project_samples_per_s']:,.0f}/s vs per-file "
               f"{d['reference_samples_per_s']:,.0f}/s = {d['speedup']:,.0f}x", flush=True)
     if "training" not in args.skip:
         print("training (samples/s):", flush=True)
-        report["training"] = bench_training(args.models, device, args.steps, args.batch_size, args.precision)
+        training = save("training", bench_training(args.models, device, args.steps, args.batch_size, args.precision))
         if device.type == "cuda":
-            report["seed_sweep_projection"] = project_sweep(report["training"])
+            sequential = save("seed_sweep_projection", project_sweep(training))
             print(f"projected experiment=seed sweep ({len(args.models)} models x {SEED_EPOCHS} epochs, one after "
-                  f"another): {report['seed_sweep_projection']['total_minutes']:.1f} min", flush=True)
+                  f"another, eager): {sequential['total_minutes']:.1f} min", flush=True)
     if "patches" not in args.skip:
-        report["patches"] = bench_patches(args.data_dir)
-        print(f"T91 patches: {report['patches']}", flush=True)
+        print(f"T91 patches: {save('patches', bench_patches(args.data_dir))}", flush=True)
     if "inference" not in args.skip:
         set14 = args.data_dir / "Set14"
-        report["inference"] = (bench_inference(args.models[0], device, str(set14)) if set14.is_dir()
-                               else {"skipped": f"no Set14 at {set14}"})
-        print(f"Set14 inference: {report['inference']}", flush=True)
+        result = (bench_inference(args.models[0], device, str(set14)) if set14.is_dir()
+                  else {"skipped": f"no Set14 at {set14}"})
+        print(f"Set14 inference: {save('inference', result)}", flush=True)
     if "large" not in args.skip:
-        report["large_image"] = bench_inference(args.large_model, device, "large")
-        print(f"4000x3000 tiled: {report['large_image']}", flush=True)
+        print(f"4000x3000 tiled: {save('large_image', bench_inference(args.large_model, device, 'large'))}",
+              flush=True)
     sweep_epochs = args.sweep_epochs if args.sweep_epochs is not None else (4 if device.type == "cuda" else 0)
     if "sweep" not in args.skip and sweep_epochs > 0:
         overrides = args.sweep_overrides if args.sweep_overrides is not None else SWEEP_KNOBS[device.type]
         print(f"experiment=seed sweep, {len(args.models)} models in parallel, {sweep_epochs} epochs ...", flush=True)
-        report["seed_sweep"] = s = bench_sweep(args.models, device, sweep_epochs, overrides)
-        print(f"  failed: {s['failed']}" if "failed" in s else
-              f"  {s['wall_s']:.0f} s wall; slowest job {s['slowest_steady_epoch_s']:.2f} s/epoch; projected "
-              f"{SEED_EPOCHS} epochs: {s['projected_minutes']:.1f} min (goal: under 15 on one H100-class GPU)",
-              flush=True)
-    args.json.write_text(json.dumps(report, indent=2))
+        sweep = save("seed_sweep", bench_sweep(args.models, device, sweep_epochs, overrides))
+        print(f"  failed: {sweep['failed']}" if "failed" in sweep else
+              f"  {sweep['wall_s']:.0f} s wall; slowest job {sweep['slowest_steady_epoch_s']:.2f} s/epoch; "
+              f"projected {SEED_EPOCHS} epochs: {sweep['projected_minutes']:.1f} min (goal: under 15 on one "
+              f"H100-class GPU)", flush=True)
     print("\n" + markdown_table(["measurement", "result", "target (2-core CPU; sweep: one H100-class GPU)"],
                                 summary_rows(report)))
     print(f"wrote {args.json}")
+    return 0
 
 
 def summary_rows(report: dict) -> list[list[str]]:
@@ -375,4 +407,4 @@ def project_sweep(training: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_script
 
 
@@ -52,3 +54,41 @@ def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path):
 def test_sweep_section_reports_a_failed_job(tmp_path):
     sweep, stdout = run_sweep_section(tmp_path, "optimizer.lr=-1")
     assert "optimizer.lr" in sweep["failed"] and "| experiment=seed sweep, 202 epochs | failed: job" in stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--models", "nosuch"], "error: --models: unknown model 'nosuch'; known models: deblurcnn,"),
+    (["--device", "gpu"], "error: --device: 'gpu' is not a device"),
+    (["--steps", "0"], "error: --steps: must be at least 1 (got 0)"),
+    (["--json", "/proc/no/report.json"], "error: --json: cannot write /proc/no/report.json"),
+])
+def test_bad_flags_fail_at_once_in_one_line(args, message):
+    result = run_script("benchmark.py", *args, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert "data path" not in result.stdout  # nothing was measured
+
+
+def test_each_section_is_saved_as_soon_as_it_is_measured(tmp_path, monkeypatch):
+    """A benchmark that dies in a later section keeps the earlier ones in its JSON."""
+    import sys
+
+    from deblur_exp.config import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(REPO_ROOT / "scripts"))
+
+    def broken(*args):
+        raise RuntimeError("machine caught fire")
+
+    monkeypatch.setattr(benchmark, "bench_patches", broken)
+    report_path = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--models", "srcnn", "--steps", "1", "--data-patches", "30",
+                                      "--device", "cpu", "--json", str(report_path)])
+    with pytest.raises(RuntimeError, match="caught fire"):
+        benchmark.main()
+    report = json.loads(report_path.read_text())
+    assert report["data_path"]["speedup"] > 0 and report["training"]["srcnn"]["loop_samples_per_s"] > 0
+    assert "patches" not in report
