@@ -147,6 +147,7 @@ class TrainerConfig:
     num_image_samples: int = 8
     precision: str = "32"
     channels_last: Optional[bool] = None
+    patches_on_device: Optional[bool] = None
     compile: bool = False
     compile_mode: str = "default"
     deterministic: bool = False

@@ -29,13 +29,13 @@ from deblur_exp.checkpoint import CheckpointMismatch, load_checkpoint, save_chec
 from deblur_exp.config import check_config
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
 from deblur_exp.data.sources import image_source
+from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import (IMAGE_FIELDS, eval_image_sets, evaluate_set, load_restorer, summarize,
                                    write_csv, write_json)
 from deblur_exp.figures import three_panel
-from deblur_exp.restore import to_uint8
-from deblur_exp.errors import DeblurError
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
+from deblur_exp.restore import to_uint8
 
 log = logging.getLogger("deblur_exp")
 
@@ -144,47 +144,85 @@ def attach_log_file(run_dir: Path) -> logging.Handler:
 
 # ------------------------------------------------------------------------------------------------ data
 class PatchTensors:
-    """Aligned uint8 patches, N x P x P x 3 (as cut), held on the training device.
+    """Aligned uint8 patches, N x P x P x 3 (as cut), served as float batches on the training device.
 
     Batches come from chunks: a chunk of (shuffled) patches is gathered and converted to float in a few large
     tensor ops into buffers that are reused from chunk to chunk, and batches are slices (views) of them. Per
     step that is a couple of pointer bumps instead of several small gathers, conversions and fresh allocations,
     which matters on a CPU (Python overhead, page faults) and on a GPU (kernel launches). A batch stays valid
     until the next one is requested, which is how the training and validation loops use them.
+
+    The patches live on the device when they fit (``resident``); otherwise they stay in host memory and each
+    chunk is gathered on the host into a pinned staging buffer, copied asynchronously and converted on the device.
     """
 
     # Float buffer size per role. Small enough that the copy_ + div_ pair runs in cache instead of streaming
     # through RAM twice: 4 MiB gave 2.5x the samples/s of 30 MiB chunks on the 2-core EPYC VM (0.5 to 8 MiB tried,
     # 35 and 64 px patches); big enough that a chunk is still many batches, so per-chunk overhead is negligible.
     CHUNK_BYTES = 4 * 2**20
+    # Patches go to the GPU when they take at most this share of its free memory; the rest is left for the
+    # model, activations, optimizer state and (in a parallel sweep) the other jobs.
+    GPU_SHARE = 0.25
 
-    def __init__(self, sharp: torch.Tensor, degraded: torch.Tensor):
+    def __init__(self, sharp: torch.Tensor, degraded: torch.Tensor, device: torch.device | None = None):
         self.sharp, self.degraded = sharp, degraded
+        self.device = device or sharp.device
+        self.resident = sharp.device.type == self.device.type  # False: in host memory, staged chunk by chunk
         self._buffers: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._staging: dict[tuple[str, int], tuple[torch.Tensor, Any]] = {}  # host buffer, its last copy's event
 
     @classmethod
-    def from_patches(cls, patches: PatchSet, indices: np.ndarray, device: torch.device) -> "PatchTensors":
-        def to_tensor(array: np.ndarray) -> torch.Tensor:
-            nhwc = torch.from_numpy(np.ascontiguousarray(array[indices]))
-            return nhwc.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else nhwc
-
-        return cls(to_tensor(patches.sharp), to_tensor(patches.degraded))
+    def from_patches(cls, patches: PatchSet, indices: np.ndarray, device: torch.device,
+                     on_device: bool | None = None) -> "PatchTensors":
+        """``on_device``: True/False force where the patches live; None puts them on a GPU when they fit."""
+        sharp, degraded = (torch.from_numpy(np.ascontiguousarray(images[indices]))
+                           for images in (patches.sharp, patches.degraded))
+        if device.type != "cuda":
+            return cls(sharp, degraded, device)
+        if on_device is None:
+            on_device = 2 * sharp.nbytes <= cls.GPU_SHARE * torch.cuda.mem_get_info(device)[0]
+        if not on_device:
+            return cls(sharp, degraded, device)
+        return cls(*(t.pin_memory().to(device, non_blocking=True) for t in (sharp, degraded)), device)
 
     def __len__(self) -> int:
         return len(self.sharp)
+
+    def _gather(self, images: torch.Tensor, index, out: torch.Tensor) -> None:
+        if isinstance(index, slice):
+            out.copy_(images[index])
+        else:  # index_select, not images[index]: advanced indexing is ~20x slower for this gather on CPU
+            torch.index_select(images, 0, index, out=out)
+
+    def _stage(self, key: tuple[str, int], images: torch.Tensor, index, raw: torch.Tensor) -> None:
+        """Host-resident patches: gather on the host into a (pinned) buffer, then one async copy to the device."""
+        cuda = self.device.type == "cuda"
+        if key not in self._staging:
+            buffer = torch.empty((key[1], *images.shape[1:]), dtype=torch.uint8, pin_memory=cuda)
+            self._staging[key] = (buffer, None)
+        buffer, copied = self._staging[key]
+        if copied is not None:
+            copied.synchronize()  # the previous chunk's copy must have read the buffer before we overwrite it
+        staged = buffer[:len(raw)]
+        self._gather(images, index, staged)
+        raw.copy_(staged, non_blocking=cuda)
+        if cuda:
+            copied = torch.cuda.Event()
+            copied.record()
+        self._staging[key] = (buffer, copied)
 
     def _chunk(self, role: str, index, size: int, capacity: int, channels_last: bool) -> torch.Tensor:
         images = getattr(self, role)
         key = (role, capacity)
         if key not in self._buffers:
             shape = (capacity, *images.shape[1:])
-            self._buffers[key] = (torch.empty(shape, dtype=torch.uint8, device=images.device),
-                                  torch.empty(shape, dtype=torch.float32, device=images.device))
+            self._buffers[key] = (torch.empty(shape, dtype=torch.uint8, device=self.device),
+                                  torch.empty(shape, dtype=torch.float32, device=self.device))
         raw, scaled = (b[:size] for b in self._buffers[key])
-        if isinstance(index, slice):
-            raw.copy_(images[index])
-        else:  # index_select, not images[index]: advanced indexing is ~20x slower for this gather on CPU
-            torch.index_select(images, 0, index, out=raw)
+        if self.resident:
+            self._gather(images, index, raw)
+        else:
+            self._stage(key, images, index, raw)
         # div_(255) gives exactly torchvision's ToTensor values; mul_(1 / 255) differs in the last bit for some.
         chunk = scaled.copy_(raw).div_(255).permute(0, 3, 1, 2)  # NHWC memory = a channels_last NCHW view
         return chunk if channels_last else chunk.contiguous()
@@ -247,11 +285,11 @@ def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, aut
     """
     t = cfg.trainer
     model.train()
-    device = train_set.sharp.device
+    device = train_set.device
     if partial is not None:
         generator.set_state(partial["shuffle_state"])
     shuffle_state = generator.get_state()
-    order = dist.shard(torch.randperm(len(train_set), generator=generator)).to(device)
+    order = dist.shard(torch.randperm(len(train_set), generator=generator)).to(train_set.sharp.device)
     loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device, dtype=torch.float64)
     seen, done = (partial["seen"], partial["step"]) if partial else (0, 0)
     total = min(math.ceil(len(order) / t.batch_size), t.limit_train_batches or math.inf)
@@ -289,7 +327,7 @@ def evaluate_patches(model, val_set, loss_fn, batch_size, limit, autocast, chann
     summed across ranks), plus the degraded input's PSNR, the do-nothing baseline: computed when
     ``baseline`` is None, else passed through (it never changes during a run)."""
     model.eval()
-    device = val_set.sharp.device
+    device = val_set.device
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, psnr, degraded psnr, count
     zero = torch.zeros((), device=device, dtype=torch.float64)
     for degraded, sharp in val_set.batches(batch_size, None, limit, channels_last):
@@ -334,7 +372,7 @@ def image_grid(model, val_set, count, autocast, channels_last) -> torch.Tensor:
     from torchvision.utils import make_grid
 
     picks = torch.linspace(0, len(val_set) - 1, min(count, len(val_set))).long().to(val_set.sharp.device)
-    subset = PatchTensors(val_set.sharp[picks], val_set.degraded[picks])
+    subset = PatchTensors(val_set.sharp[picks], val_set.degraded[picks], val_set.device)
     degraded, sharp = next(subset.batches(len(subset), channels_last=channels_last))
     model.eval()
     with torch.no_grad(), autocast():
@@ -418,13 +456,18 @@ def prepare_data(cfg: DictConfig, data_cfg, device: torch.device, dist: Distribu
     patches = load_patches(data_cfg, degradation, cfg.paths.cache_dir)
     train_idx, val_idx = split_indices(patches, data_cfg, cfg.trainer.seed)
     held_out = sorted({patches.image_names[i] for i in patches.image_index[val_idx]})
-    train_set = PatchTensors.from_patches(patches, train_idx, device)
-    val_set = PatchTensors.from_patches(patches, val_idx, device)
+    on_device = cfg.trainer.patches_on_device
+    train_set = PatchTensors.from_patches(patches, train_idx, device, on_device)
+    val_set = PatchTensors.from_patches(patches, val_idx, device, on_device)
     val_shard = val_set if dist.world == 1 else PatchTensors.from_patches(patches, val_idx[dist.rank::dist.world],
-                                                                           device)
+                                                                           device, on_device)
     log.info("data %s: %d train / %d val patches of %dx%d (split=%s, degradation=%s applied per %s)",
              data_cfg.name, len(train_set), len(val_set), data_cfg.patch_size, data_cfg.patch_size,
              data_cfg.split, degradation.name, degradation.apply_to)
+    if device.type == "cuda":
+        log.info("patches (%.0f MiB as uint8) %s", (patches.sharp.nbytes + patches.degraded.nbytes) / 2**20,
+                 "live on the GPU" if train_set.resident else
+                 "stay in host memory; chunks are copied to the GPU as they are needed (trainer.patches_on_device)")
     return train_set, val_set, val_shard, held_out if data_cfg.split == "image" else []
 
 

@@ -108,10 +108,12 @@ def test_torch_compile_trains_on_cpu(make_cfg):
     assert train(make_cfg([*TINY, "model=srcnn", "trainer.compile=true", "trainer.epochs=1"])) > 0
 
 
+@pytest.mark.parametrize("resident", [True, False], ids=["on-device", "host-staged"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_batches_equal_to_tensor_of_the_permuted_patches(monkeypatch, channels_last):
+def test_batches_equal_to_tensor_of_the_permuted_patches(monkeypatch, channels_last, resident):
     """Chunked gathering is an optimisation only: the batches are exactly torchvision's ToTensor of the patches
-    in the given order, whatever the chunk size, including the short last batch and the `limit` cut."""
+    in the given order, whatever the chunk size, including the short last batch and the `limit` cut; the same
+    when the patches stay in host memory and each chunk goes through the staging buffer (a GPU too small)."""
     import numpy as np
     from torchvision.transforms.functional import to_tensor
 
@@ -124,6 +126,8 @@ def test_batches_equal_to_tensor_of_the_permuted_patches(monkeypatch, channels_l
     indices = np.arange(2, 23)  # 21 patches: a subset, as a train split would be
     monkeypatch.setattr(PatchTensors, "CHUNK_BYTES", 4 * 5 * 5 * 3 * 4)  # 4 patches: many chunk boundaries
     tensors = PatchTensors.from_patches(patches, indices, torch.device("cpu"))
+    assert tensors.resident  # on a CPU the patches always live where training runs
+    tensors.resident = resident
     order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(1))
 
     got = [(d.clone(), s.clone(), d.is_contiguous(memory_format=torch.channels_last))
@@ -151,3 +155,16 @@ def test_reduce_overhead_compile_mode_trains_on_cpu(make_cfg):
     """The sweep's GPU setting (CUDA graphs) must not break a CPU run: Inductor compiles without graphs there."""
     assert train(make_cfg([*TINY, "model=srcnn", "trainer.compile=true", "trainer.compile_mode=reduce-overhead",
                            "trainer.epochs=1"])) > 0
+
+
+def test_patches_that_do_not_fit_the_gpu_stay_in_host_memory(monkeypatch):
+    import numpy as np
+
+    from deblur_exp.data.patches import PatchSet
+    from deblur_exp.training import PatchTensors
+
+    sharp = np.zeros((100, 8, 8, 3), np.uint8)  # 2 x 19,200 bytes of patches
+    patches = PatchSet(sharp, sharp.copy(), np.zeros(100, np.int64), ["zeros"])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100_000, 10**9))  # 25 KB usable < 38 KB
+    tensors = PatchTensors.from_patches(patches, np.arange(100), torch.device("cuda"))
+    assert not tensors.resident and tensors.sharp.device.type == "cpu" and tensors.device.type == "cuda"
