@@ -168,3 +168,28 @@ def test_patches_that_do_not_fit_the_gpu_stay_in_host_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100_000, 10**9))  # 25 KB usable < 38 KB
     tensors = PatchTensors.from_patches(patches, np.arange(100), torch.device("cuda"))
     assert not tensors.resident and tensors.sharp.device.type == "cpu" and tensors.device.type == "cuda"
+
+
+def test_a_run_with_host_staged_patches_equals_one_with_resident_patches(make_cfg, tmp_path, monkeypatch):
+    """The whole loop (training, validation, image grid) through the staging path gives the same run, bit for
+    bit, as with patches on the training device: where the patches live changes speed, never results."""
+    from deblur_exp.training import PatchTensors
+
+    overrides = [*TINY, "model=srcnn", "trainer.deterministic=true"]
+    resident = train(make_cfg(overrides, run_dir=tmp_path / "resident"))
+    build = PatchTensors.from_patches.__func__
+
+    def host_staged(cls, *args, **kwargs):
+        tensors = build(cls, *args, **kwargs)
+        tensors.resident = False
+        return tensors
+
+    monkeypatch.setattr(PatchTensors, "from_patches", classmethod(host_staged))
+    staged = train(make_cfg(overrides, run_dir=tmp_path / "staged"))
+    assert staged == resident
+
+    def results(run):  # every metric except the timings
+        timings = ("epoch_time_s", "samples_per_s")
+        return [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(run)]
+
+    assert results(tmp_path / "staged") == results(tmp_path / "resident")
