@@ -133,7 +133,8 @@ def write_summary(out: Path, summary: list[dict], set_names: list[str]) -> None:
     write_csv(out / "summary.csv", summary, fields + ["checkpoint"])
     header = ["rank", "model", "parameters", "mean PSNR"] + [f"{s} PSNR / SSIM" for s in set_names]
     first = summary[0]
-    rows = [["-", "degraded input", "-", "-"] + [f"{first[f'{s}_psnr_degraded']:.2f} / "
+    degraded_mean = float(np.mean([first[f"{s}_psnr_degraded"] for s in set_names]))  # same rule as mean_psnr
+    rows = [["-", "degraded input", "-", f"{degraded_mean:.2f}"] + [f"{first[f'{s}_psnr_degraded']:.2f} / "
                                                  f"{first[f'{s}_ssim_degraded']:.4f}" for s in set_names]]
     for row in summary:
         rows.append([row["rank"], row["model"], f"{row['parameters']:,}", f"{row['mean_psnr']:.2f}"]

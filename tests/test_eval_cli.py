@@ -57,7 +57,9 @@ def test_evaluate_script_writes_tables_and_figures(trained_run, tmp_path):
         assert float(row["mean_psnr"]) == pytest.approx(np.mean([float(r["psnr_restored"]) for r in per_image]),
                                                         abs=1e-3)
         assert (out / row["model"] / "figures" / "mine" / "butterfly.png").is_file()
-    assert "| rank | model |" in (out / "summary.md").read_text()
+    table = (out / "summary.md").read_text()
+    degraded_mean = np.mean([float(r["psnr_degraded"]) for r in read_rows(out / summary[0]["model"] / "mine.csv")])
+    assert "| rank | model |" in table and f"| - | degraded input | - | {degraded_mean:.2f} |" in table
     assert (out / "compare_butterfly.png").is_file()
 
 
