@@ -113,7 +113,7 @@ def collect(sweep_dir: Path) -> list[dict]:
 
 
 def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
-    from deblur_exp.evaluation import markdown_table, write_csv, write_text
+    from deblur_exp.evaluation import markdown_table, table_cell, write_csv, write_text
 
     fields = ["job", "status", "overrides", "model", "parameters", "best_val_psnr", "best_epoch", "epochs"]
     fields += sorted({k for r in rows for k in r if k.endswith(("_psnr", "_ssim")) and k != "best_val_psnr"})
@@ -123,12 +123,13 @@ def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
     cells = []
     baseline = shared_baseline(rows)
     if baseline:
-        cells.append([_cell(f, {**baseline, "job": "-", "model": "degraded input"}.get(f, "")) for f in shown])
+        labelled = {**baseline, "job": "-", "model": "degraded input"}
+        cells.append([table_cell(f, labelled.get(f, "")) for f in shown])
     for row in rows:
         if row["status"] != "ok":
             cells.append([row["job"], f"failed: {row['error']}"] + [""] * (len(shown) - 2))
         else:
-            cells.append([_cell(f, row.get(f, "")) for f in shown])
+            cells.append([table_cell(f, row.get(f, "")) for f in shown])
     table = markdown_table(shown, cells)
     write_text(sweep_dir / "summary.md", table)
     return table
@@ -144,19 +145,6 @@ def shared_baseline(rows: list[dict]) -> dict | None:
         if value is None or any(not math.isclose(b[key], value, abs_tol=1e-6) for b in baselines):
             return None
     return baselines[0]
-
-
-def _cell(field: str, value) -> str:
-    """PSNR to 0.01 dB and SSIM to 1e-4 (as evaluate.py's table), times to 0.1 s, counts with separators."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}" if field == "parameters" else str(value)
-    if not isinstance(value, float):
-        return value
-    if field.endswith("_ssim"):
-        return f"{value:.4f}"
-    if field.endswith("_psnr"):
-        return f"{value:.2f}"
-    return f"{value:,.0f}" if field == "samples_per_s" else f"{value:.1f}"
 
 
 class SweepSummary(Callback):

@@ -275,7 +275,8 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
 
 # ------------------------------------------------------------------------------------------------- main
 def check_args(args: argparse.Namespace) -> torch.device:
-    """Every flag checked before minutes of measuring; returns the device. Raises DeblurError naming the flag."""
+    """Every flag checked before minutes of measuring (--json: in main, by writing the machine section);
+    returns the device. Raises DeblurError naming the flag."""
     for flag, names in (("--models", args.models), ("--large-model", [args.large_model])):
         unknown = [n for n in names if n not in list_models()]
         if unknown:
@@ -293,10 +294,6 @@ def check_args(args: argparse.Namespace) -> torch.device:
         raise DeblurError(f"--device: {args.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if args.precision == "fp16" and device.type != "cuda":
         raise DeblurError("--precision: fp16 needs a CUDA device; use bf16 or 32 on CPU")
-    try:  # prove the report can be written now, not after the measurements
-        write_json(args.json, {})
-    except OSError as exc:
-        raise DeblurError(f"--json: cannot write {args.json} ({exc.strerror or exc})") from None
     return device
 
 
@@ -325,6 +322,10 @@ def main() -> int:
                           "torch": torch.__version__, "device": str(device),
                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                           "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps}}
+    try:  # prove the report can be written now, not after minutes of measuring
+        write_json(args.json, report)
+    except OSError as exc:
+        raise DeblurError(f"--json: cannot write {args.json} ({exc.strerror or exc})") from None
     print(json.dumps(report["machine"]))
 
     def save(key: str, result: dict) -> dict:

@@ -23,7 +23,7 @@ from deblur_exp.data.degrade import degrade
 from deblur_exp.errors import DeblurError
 from deblur_exp.data.images import read_folder
 from deblur_exp.evaluation import (IMAGE_FIELDS, evaluate_set, find_checkpoints, load_restorer, markdown_table,
-                                   summarize, write_csv, write_text)
+                                   summarize, table_cell, write_csv, write_text)
 from deblur_exp.figures import panels, three_panel
 from deblur_exp.metrics import psnr
 from deblur_exp.models import count_parameters
@@ -134,11 +134,15 @@ def write_summary(out: Path, summary: list[dict], set_names: list[str]) -> None:
     header = ["rank", "model", "parameters", "mean PSNR"] + [f"{s} PSNR / SSIM" for s in set_names]
     first = summary[0]
     degraded_mean = float(np.mean([first[f"{s}_psnr_degraded"] for s in set_names]))  # same rule as mean_psnr
-    rows = [["-", "degraded input", "-", f"{degraded_mean:.2f}"] + [f"{first[f'{s}_psnr_degraded']:.2f} / "
-                                                 f"{first[f'{s}_ssim_degraded']:.4f}" for s in set_names]]
+
+    def scores(row, suffix=""):
+        return [f"{table_cell(f'{s}_psnr', row[f'{s}_psnr{suffix}'])} / "
+                f"{table_cell(f'{s}_ssim', row[f'{s}_ssim{suffix}'])}" for s in set_names]
+
+    rows = [["-", "degraded input", "-", table_cell("mean_psnr", degraded_mean)] + scores(first, "_degraded")]
     for row in summary:
-        rows.append([row["rank"], row["model"], f"{row['parameters']:,}", f"{row['mean_psnr']:.2f}"]
-                    + [f"{row[f'{s}_psnr']:.2f} / {row[f'{s}_ssim']:.4f}" for s in set_names])
+        rows.append([row["rank"], row["model"], table_cell("parameters", row["parameters"]),
+                     table_cell("mean_psnr", row["mean_psnr"])] + scores(row))
     table = markdown_table(header, rows)
     write_text(out / "summary.md", table)
     print(table)
