@@ -153,6 +153,7 @@ class TrainerConfig:
     deterministic: bool = False
     num_threads: Optional[int] = None
     progress: bool = True
+    max_time: Optional[str] = None
 
 
 @dataclass
@@ -228,6 +229,29 @@ CHOICES = {
 }
 
 
+def parse_duration(value) -> float | None:
+    """``trainer.max_time`` in seconds: ``"[DD:]HH:MM:SS"`` (Lightning's convention) or a number of minutes.
+
+    None stays None (no budget); anything else that is not a positive duration raises ValueError.
+    """
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if not 3 <= len(parts) <= 4 or any(p < 0 for p in parts):
+                raise ValueError
+            seconds = sum(p * unit for p, unit in zip(reversed(parts), (1, 60, 3600, 86400)))
+        else:
+            seconds = float(text) * 60
+    except ValueError:
+        raise ValueError(f"not a duration: {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"not a positive duration: {value!r}")
+    return seconds
+
+
 def check_config(cfg: DictConfig) -> None:
     """Range and consistency checks, run before any data is read; each failure names its key."""
 
@@ -258,6 +282,10 @@ def check_config(cfg: DictConfig) -> None:
          "must be 0 (no blur) or a positive odd number")
     need(g.blur_sigma >= 0, "degradation.blur_sigma", "must be >= 0 (0 = derive from the kernel size)")
     need(math.isfinite(cfg.optimizer.lr), "optimizer.lr", "must be finite")
+    try:
+        parse_duration(t.max_time)
+    except ValueError:
+        need(False, "trainer.max_time", "must be a duration: HH:MM:SS, DD:HH:MM:SS or minutes (e.g. 10), or null")
     need(cfg.eval.crop_border >= 0, "eval.crop_border", "must be >= 0")
     need(cfg.eval.tile is None or cfg.eval.tile > 0, "eval.tile", "must be positive or null (one pass)")
     need(cfg.eval.tile_overlap >= 0, "eval.tile_overlap", "must be >= 0")

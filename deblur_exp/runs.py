@@ -1,10 +1,14 @@
-"""Run folders: finding them again, and turning ``resume=<run folder>`` into a Hydra command line."""
+"""Run folders: finding them again, turning ``resume=<run folder>`` into a Hydra command line, and deciding
+what ``resume=auto`` does with a folder that may already hold a run (the way a re-run sweep continues)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -26,7 +30,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     """
     args = argv[1:]
     resumes = [a for a in args if a.startswith("resume=")]
-    if not resumes:
+    if not resumes or resumes[-1] == "resume=auto":  # auto is decided per job, in the job's own folder
         return argv
     run = Path(resumes[-1].split("=", 1)[1].strip("'\"")).expanduser().resolve()
     saved_file = run / ".hydra" / "overrides.yaml"
@@ -51,3 +55,28 @@ def distributed_argv(argv: list[str]) -> list[str]:
         return argv
     scratch = Path(tempfile.gettempdir()) / f"deblur_exp-rank{rank}-{os.getpid()}"
     return [*argv, f"hydra.run.dir={_quote(scratch)}", "hydra.output_subdir=null"]
+
+
+@dataclass
+class AutoResume:
+    """What ``resume=auto`` does in a run folder: skip a finished run, continue one with a last.pt, or start."""
+
+    action: str  # "skip" | "resume" | "start"
+    reason: str
+    best_psnr: float = math.nan
+
+
+def auto_resume(run_dir: Path, epochs: int, max_time_s: float | None) -> AutoResume:
+    """A run is finished when its summary.json says it trained the epochs (or the time budget) asked for now;
+    asking for more epochs or a longer budget continues it from last.pt like an unfinished one."""
+    summary_file, last = run_dir / "summary.json", run_dir / "checkpoints" / "last.pt"
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        budget_spent = (summary.get("stopped_by") == "max_time"
+                        and (max_time_s or math.inf) <= (summary.get("max_time_s") or 0))
+        if summary.get("epochs", 0) >= epochs or budget_spent:
+            return AutoResume("skip", f"finished ({summary.get('epochs')} epochs, summary.json)",
+                              summary.get("best_val_psnr", math.nan))
+    if last.is_file():
+        return AutoResume("resume", f"continuing from {last}")
+    return AutoResume("start", "no checkpoint yet: starting fresh")

@@ -62,6 +62,8 @@ def run_job(cfg: DictConfig) -> float:
     multirun = is_multirun()
     if multirun:
         apply_job_resources(cfg)
+        # A re-run job (resume=auto) starts clean: a failure recorded by an earlier attempt no longer holds.
+        (Path(cfg.paths.run_dir) / ERROR_FILE).unlink(missing_ok=True)
     try:
         return train(cfg)
     except TrainingInterrupted as exc:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from deblur_exp.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
-from deblur_exp.config import check_config
+from deblur_exp.config import check_config, parse_duration
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
@@ -36,6 +36,7 @@ from deblur_exp.figures import three_panel
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
 from deblur_exp.restore import to_uint8
+from deblur_exp.runs import auto_resume
 
 log = logging.getLogger("deblur_exp")
 
@@ -73,6 +74,14 @@ class Distributed:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
+    def any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any process, so that every rank takes the same decision."""
+        if self.world == 1:
+            return flag
+        return bool(self.all_sum(torch.tensor([float(flag)], device=self.device_for_sum))[0] > 0)
+
+    device_for_sum = torch.device("cpu")  # NCCL sums CUDA tensors: set to the rank's GPU by init_distributed
+
     def shard(self, order: torch.Tensor) -> torch.Tensor:
         """This rank's disjoint share of an epoch's order; equal sizes, so every rank takes as many steps."""
         usable = len(order) - len(order) % self.world
@@ -91,7 +100,9 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), world), device
+    dist_info = Distributed(dist.get_rank(), world)
+    dist_info.device_for_sum = device if device.type == "cuda" else torch.device("cpu")
+    return dist_info, device
 
 
 class _NoWriter:
@@ -267,6 +278,23 @@ class StopFlag:
                 signal.signal(sig, handler)
 
 
+class TimeBudget:
+    """``trainer.max_time``: wall-clock seconds for the epochs (training and validation), counted across resumes.
+
+    The budget is checked after every step, so a run overshoots it by at most one step (plus the validation and
+    checkpoint of the epoch it cuts short); data preparation and the final evaluation are not counted.
+    """
+
+    def __init__(self, seconds: float | None, spent_before: float = 0.0):
+        self.seconds, self.spent_before, self.started = seconds, spent_before, time.perf_counter()
+
+    def spent(self) -> float:
+        return self.spent_before + time.perf_counter() - self.started
+
+    def expired(self) -> bool:
+        return self.seconds is not None and self.spent() >= self.seconds
+
+
 class TrainingInterrupted(DeblurError):
     """Raised after a clean stop on SIGINT/SIGTERM; ``exit_code`` is 130 or 143 as a shell expects."""
 
@@ -276,12 +304,14 @@ class TrainingInterrupted(DeblurError):
 
 
 def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, autocast, scaler, channels_last,
-                stop: StopFlag | None = None, partial: dict | None = None, dist: Distributed = Distributed()):
+                stop: StopFlag | None = None, partial: dict | None = None, dist: Distributed = Distributed(),
+                budget: TimeBudget | None = None):
     """One pass over the shuffled training patches.
 
     Returns (mean loss per sample, samples seen, None), or, when ``stop`` is raised mid-epoch,
     (None, samples seen, progress) where progress lets a later call (``partial=progress``) finish this epoch
-    exactly as if it had never stopped: same shuffle order, same loss sum.
+    exactly as if it had never stopped: same shuffle order, same loss sum. When ``budget`` runs out the epoch
+    ends early after the step in flight (a shorter last epoch, validated and saved like any other).
     """
     t = cfg.trainer
     model.train()
@@ -317,6 +347,13 @@ def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, aut
             bar.close()
             return None, seen, {"step": step, "loss_sum": loss_sum.item(), "seen": seen,
                                 "shuffle_state": shuffle_state}
+        # DDP: every rank must stop at the same step, so ranks agree at the 50-step sync points only.
+        if (budget is not None and step < total and (dist.world == 1 or step % 50 == 0)
+                and dist.any_rank(budget.expired())):
+            log.info("trainer.max_time reached at step %d of %d in epoch %d: validating and saving this epoch",
+                     step, total, epoch)
+            break
+    bar.close()
     return loss_sum.item() / max(seen, 1), seen, None
 
 
@@ -476,6 +513,12 @@ def train(cfg: DictConfig) -> float:
     """Train one run as ``cfg`` says; returns the best validation PSNR (the sweepers' objective)."""
     check_config(cfg)
     t = cfg.trainer
+    if cfg.resume == "auto":  # the job's own folder decides: skip it, continue it, or start it
+        decision = auto_resume(Path(cfg.paths.run_dir), t.epochs, parse_duration(t.max_time))
+        log.info("resume=auto: %s: %s", cfg.paths.run_dir, decision.reason)
+        if decision.action == "skip":
+            return decision.best_psnr
+        cfg.resume = str(cfg.paths.run_dir) if decision.action == "resume" else None
     run_dir = Path(cfg.resume or cfg.paths.run_dir).expanduser().resolve()
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: ranks other than 0 write nothing
         return _train(cfg, t, run_dir)
@@ -527,7 +570,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
              count_parameters(model), device, t.precision, channels_last, torch.get_num_threads())
 
     generator = torch.Generator().manual_seed(t.seed)
-    start_epoch, best_psnr, best_epoch = 0, -math.inf, 0
+    start_epoch, best_psnr, best_epoch, spent = 0, -math.inf, 0, 0.0
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     partial = None
     if cfg.resume:
@@ -538,6 +581,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
         restore_rng(state["rng"], generator)
         start_epoch, best_psnr, best_epoch = state["epoch"], state["best_psnr"], state["best_epoch"]
         partial = state.get("partial_epoch")
+        spent = state.get("train_time_s", 0.0)
         log.info("resumed from %s after epoch %d%s (best val PSNR %.3f dB at epoch %d)", state["path"], start_epoch,
                  f", step {partial['step']} of epoch {start_epoch + 1}" if partial else "", best_psnr, best_epoch)
     if dist.is_main:
@@ -556,15 +600,24 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
         return {"arch": cfg.model.name, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(), "epoch": epoch, "rng": rng_state(generator),
-                "config": resolved_config, "metrics": row, "best_psnr": best_psnr, "best_epoch": best_epoch}
+                "config": resolved_config, "metrics": row, "best_psnr": best_psnr, "best_epoch": best_epoch,
+                "train_time_s": budget.spent()}
 
     baseline = None  # PSNR of the degraded val patches: measured in the first epoch, then reused
     stop = StopFlag()
+    budget = TimeBudget(parse_duration(t.max_time), spent_before=spent)
+    stopped_by = "epochs"
     with stop.installed() if dist.world == 1 else contextlib.nullcontext():  # DDP: torchrun owns the signals
         for epoch in range(start_epoch + 1, t.epochs + 1):
+            if dist.any_rank(budget.expired()):
+                stopped_by = "max_time"
+                log.info("trainer.max_time=%s reached after %.1f s and %d epochs: training stops here",
+                         t.max_time, budget.spent(), epoch - 1)
+                break
             started = time.perf_counter()
             train_loss, seen, progress = train_epoch(forward_model, train_set, optimizer, loss_fn, cfg, epoch,
-                                                     generator, autocast, scaler, channels_last, stop, partial, dist)
+                                                     generator, autocast, scaler, channels_last, stop, partial, dist,
+                                                     budget)
             partial = None
             if progress is not None:  # SIGINT/SIGTERM mid-epoch: save where we are, then stop
                 save_checkpoint(last_path, {**checkpoint_state(epoch - 1), "partial_epoch": progress},
@@ -607,13 +660,14 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     if cfg.eval.enabled:
         held_out_images = [im for im in image_source(data_cfg).load(1) if im.name in held_out]
         eval_summary = evaluate_run(cfg, run_dir, device, writer, held_out_images, step=t.epochs)
-    write_run_summary(cfg, run_dir, writer, count_parameters(model), best_psnr, best_epoch, eval_summary)
+    write_run_summary(cfg, run_dir, writer, count_parameters(model), best_psnr, best_epoch, eval_summary,
+                      stopped_by, device)
     writer.close()
     return best_psnr
 
 
 def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: float, best_epoch: int,
-                      eval_summary: dict) -> None:
+                      eval_summary: dict, stopped_by: str = "epochs", device: torch.device | None = None) -> None:
     """summary.json (read by the sweep summary) and the TensorBoard HPARAMS entry for this run."""
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -622,6 +676,9 @@ def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: fl
         "epochs": len(rows), "train_time_s": round(sum(float(r["epoch_time_s"]) for r in rows), 2),
         "samples_per_s": round(float(np.mean([float(r["samples_per_s"]) for r in rows])), 1) if rows else 0.0,
         "val_psnr_degraded": float(rows[-1]["val_psnr_degraded"]) if rows else None,
+        # "epochs": all trainer.epochs ran; "max_time": the wall-clock budget ended training
+        "stopped_by": stopped_by, "max_time_s": parse_duration(cfg.trainer.max_time),
+        "device": describe_device(device),
         "eval": eval_summary,
     }
     from deblur_exp.evaluation import write_json
@@ -640,6 +697,13 @@ def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: fl
         metrics[f"hparam/{set_name}_psnr"] = scores["psnr_restored"]
         metrics[f"hparam/{set_name}_ssim"] = scores["ssim_restored"]
     writer.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder, beside its curves
+
+
+def describe_device(device: torch.device | None) -> str:
+    """What trained the run, for tables: the GPU's name, else the CPU with its thread count."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def evaluate_run(cfg: DictConfig, run_dir: Path, device, writer, held_out, step: int) -> dict:

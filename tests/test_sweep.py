@@ -181,3 +181,55 @@ def test_baseline_row_only_when_every_job_shares_it():
     assert shared_baseline([ok, dict(ok), failed]) == ok["baseline"]
     assert shared_baseline([ok, other_degradation]) is None
     assert shared_baseline([failed]) is None
+
+
+def test_a_killed_sweep_resumes_as_a_whole(tmp_path):
+    """Kill a sweep in its second job, re-run it with resume=auto: the finished job is skipped, the killed one
+    continues from its last.pt (ending with the weights of a run that never stopped), the third starts fresh."""
+    import signal
+    import sys
+    import time
+
+    import torch
+
+    from deblur_exp.checkpoint import load_checkpoint
+
+    steady = [*TINY, "trainer.deterministic=true", "trainer.epochs=25", "eval.enabled=false"]
+    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "-m", "model=srcnn,deblurcnn,edsr", *steady]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    metrics = None
+    while time.time() < deadline and first.poll() is None:
+        found = list((tmp_path / "multirun").glob("*/*/1_model=deblurcnn/metrics.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 3:  # header + 2 epochs of job 1
+            metrics = found[0]
+            break
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert metrics is not None, "job 1 never got going"
+    folder = metrics.parent.parent
+    killed_at = load_checkpoint(folder / "1_model=deblurcnn" / "checkpoints" / "last.pt")["epoch"]
+    assert 1 <= killed_at < 25 and not (folder / "1_model=deblurcnn" / "summary.json").exists()
+    assert not (folder / "summary.md").exists()
+    finished_before = (folder / "0_model=srcnn" / "checkpoints" / "last.pt").stat().st_mtime_ns
+
+    result = run_script("train.py", "-m", "model=srcnn,deblurcnn,edsr", *steady, f"hydra.sweep.dir={folder}",
+                        "resume=auto", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "resume=auto" in result.stdout and "finished (25 epochs" in result.stdout
+    assert f"resumed from {folder / '1_model=deblurcnn' / 'checkpoints' / 'last.pt'} after epoch {killed_at}" \
+        in result.stdout
+    assert (folder / "0_model=srcnn" / "checkpoints" / "last.pt").stat().st_mtime_ns == finished_before
+    rows = summary_rows(folder)
+    assert sorted(r["model"] for r in rows) == ["deblurcnn", "edsr", "srcnn"]
+    assert all(r["status"] == "ok" and r["epochs"] == "25" for r in rows)
+    with open(folder / "1_model=deblurcnn" / "metrics.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, 26))
+
+    reference = run_script("train.py", "model=deblurcnn", *steady, f"hydra.run.dir={tmp_path / 'reference'}")
+    assert reference.returncode == 0, reference.stderr
+    a = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(folder / "1_model=deblurcnn" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -193,3 +193,46 @@ def test_a_run_with_host_staged_patches_equals_one_with_resident_patches(make_cf
         return [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(run)]
 
     assert results(tmp_path / "staged") == results(tmp_path / "resident")
+
+
+@pytest.mark.parametrize("value, seconds", [("00:10:00", 600), ("1:00:00:30", 86430), ("10", 600), (2.5, 150),
+                                            ("00:00:00.5", 0.5), (None, None)])
+def test_max_time_accepts_lightning_durations_and_minutes(value, seconds):
+    from deblur_exp.config import parse_duration
+
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "1:2", "00:-1:00", "nan"])
+def test_a_bad_max_time_is_refused_naming_the_key(make_cfg, value):
+    with pytest.raises(DeblurError, match="trainer.max_time: must be a duration"):
+        train(make_cfg([*TINY, f"trainer.max_time='{value}'"]))
+
+
+def test_max_time_stops_after_the_step_in_flight_then_saves_and_evaluates(make_cfg, tmp_path, caplog):
+    import json
+
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="deblur_exp"):
+        # A budget of a millisecond runs out during the first step: that step finishes, the rest do not.
+        best = train(make_cfg([*TINY, "trainer.epochs=5", "trainer.max_time='00:00:00.001'"], run_dir))
+    assert "max_time reached at step 1 of 2 in epoch 1" in caplog.text
+    rows = read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == ["1"] and float(rows[0]["val_psnr"]) == pytest.approx(best)
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1 and last["train_time_s"] > 0 and "partial_epoch" not in last
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_by"] == "max_time" and summary["max_time_s"] == pytest.approx(0.001)
+    assert summary["eval"]["held_out"]["images"] == 1  # the held-out image is still scored after the stop
+
+
+def test_a_budget_that_is_not_reached_changes_nothing(make_cfg, tmp_path):
+    import json
+
+    plain, budgeted = tmp_path / "plain", tmp_path / "budgeted"
+    train(make_cfg([*TINY, "model=deblurcnn"], plain))
+    train(make_cfg([*TINY, "model=deblurcnn", "trainer.max_time=60"], budgeted))
+    a = load_checkpoint(plain / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(budgeted / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((budgeted / "summary.json").read_text())["stopped_by"] == "epochs"
