@@ -49,7 +49,12 @@ def run_checkpoint(run: Path) -> Path | None:
 
 
 def find_checkpoints(target: str | Path) -> list[Path]:
-    """A checkpoint file, a run folder (its best.pt, else last.pt) or a sweep folder (every run in it)."""
+    """A checkpoint file, a run folder (its best.pt, else last.pt), a sweep folder (every run in it) or
+    ``pretrained:<name>`` (a model shipped with the package)."""
+    from deblur_exp.pretrained import is_pretrained, pretrained_path  # lazy: pretrained writes with this module
+
+    if is_pretrained(target):
+        return [pretrained_path(target)]
     target = Path(target).expanduser()
     if target.is_file():
         return [target]
@@ -96,13 +101,16 @@ def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_o
                           f"crop_border={crop_border})")
     degraded = degrade(sharp, restorer.degradation)
     restored = restore_image(restorer.model, degraded, device, tile, tile_overlap, self_ensemble)
-    options = {"y_channel": y_channel, "crop_border": crop_border}
-    row = {
-        "size": f"{width}x{height}",
-        "psnr_degraded": psnr(degraded, sharp, **options), "psnr_restored": psnr(restored, sharp, **options),
-        "ssim_degraded": ssim(degraded, sharp, **options), "ssim_restored": ssim(restored, sharp, **options),
-    }
+    row = {"size": f"{width}x{height}", **score_pair(sharp, degraded, restored, y_channel, crop_border)}
     return row, degraded, restored
+
+
+def score_pair(sharp: np.ndarray, degraded: np.ndarray, restored: np.ndarray, y_channel=False,
+               crop_border=0) -> dict[str, float]:
+    """PSNR and SSIM of the degraded input and of the restored output, both against ``sharp``."""
+    options = {"y_channel": y_channel, "crop_border": crop_border}
+    return {"psnr_degraded": psnr(degraded, sharp, **options), "psnr_restored": psnr(restored, sharp, **options),
+            "ssim_degraded": ssim(degraded, sharp, **options), "ssim_restored": ssim(restored, sharp, **options)}
 
 
 def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=True, on_image=None,

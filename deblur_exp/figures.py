@@ -43,3 +43,89 @@ def three_panel(path: Path, sharp, degraded, restored, psnr_degraded: float, psn
 
 def before_after(path: Path, before, after, name: str = "") -> None:
     panels(path, [before, after], ["Input", "Restored"], name or None)
+
+
+def detail_box(sharp: np.ndarray, size: int | None = None) -> tuple[int, int, int]:
+    """(top, left, size) of the square with the most edge energy in ``sharp``: where restorers differ most.
+
+    A deterministic pick, so every figure of one image zooms into the same place.
+    """
+    import cv2
+
+    grey = sharp.astype(np.float32).mean(axis=2) if sharp.ndim == 3 else sharp.astype(np.float32)
+    height, width = grey.shape
+    size = size or max(8, min(height, width) // 4)
+    energy = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
+    window = cv2.boxFilter(energy, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    half = size // 2
+    inner = window[half:height - size + half + 1, half:width - size + half + 1]  # squares fully inside
+    top, left = np.unravel_index(np.argmax(inner), inner.shape)
+    return int(top), int(left), size
+
+
+def zoomed_comparison(path: Path, rows: list[list[tuple[str, np.ndarray]]], box: tuple[int, int, int],
+                      suptitle: str | None = None) -> None:
+    """Rows of titled full panels, each with its zoomed crop (``box`` = top, left, size) under it.
+
+    At several panels per page the restorers' differences are invisible in the full images; the crop, drawn
+    pixel for pixel (nearest neighbour), shows them. The crop's place is outlined on each full panel.
+    """
+    from matplotlib.patches import Rectangle
+
+    top, left, size = box
+    columns = max(len(r) for r in rows)
+    height, width = rows[0][0][1].shape[:2]
+    panel = 3.2
+    fig, axes = plt.subplots(2 * len(rows), columns, squeeze=False,
+                             figsize=(panel * columns, len(rows) * (panel * height / width + panel + 0.8)),
+                             gridspec_kw={"height_ratios": [height / width, 1] * len(rows)})
+    for r, row in enumerate(rows):
+        for c in range(columns):
+            full, crop = axes[2 * r, c], axes[2 * r + 1, c]
+            full.axis("off")
+            crop.axis("off")
+            if c >= len(row):
+                continue
+            title, image = row[c]
+            image = np.clip(image, 0, 255 if image.dtype == np.uint8 else 1)
+            full.imshow(image)
+            full.add_patch(Rectangle((left, top), size, size, fill=False, edgecolor="yellow", linewidth=1.2))
+            full.set_title(title, fontsize=9)
+            crop.imshow(image[top:top + size, left:left + size], interpolation="nearest")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=12)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def learning_curves(path: Path, runs: dict[str, list[dict]], baselines: dict[str, float] | None = None,
+                    title: str | None = None) -> None:
+    """Validation PSNR per epoch for every run on one axes (with the degraded input's PSNR as dashed lines),
+    and train / validation loss per epoch: the seed notebook's two plots, for one run or a whole sweep.
+
+    ``runs`` maps a label to its metrics.csv rows; ``baselines`` maps a label to a degraded-input PSNR.
+    """
+    fig, (ax_psnr, ax_loss) = plt.subplots(1, 2, figsize=(13, 4.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, rows) in enumerate(runs.items()):
+        colour = colours[i % len(colours)]
+        epochs = [int(r["epoch"]) for r in rows]
+        ax_psnr.plot(epochs, [float(r["val_psnr"]) for r in rows], marker="o", markersize=3, color=colour,
+                     label=label)
+        ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], color=colour, marker="o", markersize=3,
+                     label=f"{label} train")
+        ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], color=colour, linestyle="--", marker="x",
+                     markersize=3, label=f"{label} val")
+    for i, (label, value) in enumerate((baselines or {}).items()):
+        ax_psnr.axhline(value, color="grey", linestyle=(0, (4, 2 + 2 * i)), linewidth=1, label=label)
+    ax_psnr.set(xlabel="epoch", ylabel="validation PSNR (dB)", title="validation PSNR (mean over patches)")
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="train (solid) and validation (dashed) loss")
+    for ax in (ax_psnr, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_psnr.legend(fontsize=7, loc="lower right")
+    ax_loss.legend(fontsize=6, loc="upper right", ncol=2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -32,7 +32,7 @@ from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import (IMAGE_FIELDS, eval_image_sets, evaluate_set, load_restorer, summarize,
                                    write_csv, write_json)
-from deblur_exp.figures import three_panel
+from deblur_exp.figures import learning_curves, three_panel
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
 from deblur_exp.restore import to_uint8
@@ -684,6 +684,8 @@ def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: fl
     from deblur_exp.evaluation import write_json
 
     write_json(run_dir / "summary.json", summary)
+    baseline = {"degraded input": summary["val_psnr_degraded"]} if rows else {}
+    learning_curves(run_dir / "curves.png", {cfg.model.name: rows}, baseline, title=run_dir.name)
     hparams = {
         "model": cfg.model.name, "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "lr": cfg.optimizer.lr,
         "scheduler": str(cfg.scheduler.get("_target_") or "none").rsplit(".", 1)[-1], "loss": cfg.trainer.loss,

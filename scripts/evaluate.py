@@ -24,7 +24,7 @@ from deblur_exp.errors import DeblurError
 from deblur_exp.data.images import read_folder
 from deblur_exp.evaluation import (IMAGE_FIELDS, evaluate_set, find_checkpoints, load_restorer, markdown_table,
                                    summarize, table_cell, write_csv, write_text)
-from deblur_exp.figures import panels, three_panel
+from deblur_exp.figures import detail_box, three_panel, zoomed_comparison
 from deblur_exp.metrics import psnr
 from deblur_exp.models import count_parameters
 from deblur_exp.training import resolve_device
@@ -151,10 +151,9 @@ def write_summary(out: Path, summary: list[dict], set_names: list[str]) -> None:
 def write_comparison(out: Path, name: str, compare: dict, reference) -> None:
     sharp = compare.pop("sharp")
     degraded = degrade(sharp, reference.degradation)
-    images = [sharp, degraded] + [restored for restored, _ in compare.values()]
-    titles = ["Sharp", f"Degraded ({psnr(degraded, sharp):.2f} dB)"]
-    titles += [f"{label} ({score:.2f} dB)" for label, (_, score) in compare.items()]
-    panels(out / f"compare_{name}.png", images, titles, name)
+    row = [("Sharp", sharp), (f"Degraded ({psnr(degraded, sharp):.2f} dB)", degraded)]
+    row += [(f"{label} ({score:.2f} dB)", restored) for label, (restored, score) in compare.items()]
+    zoomed_comparison(out / f"compare_{name}.png", [row], detail_box(sharp), name)
 
 
 if __name__ == "__main__":

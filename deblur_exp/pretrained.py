@@ -1,0 +1,71 @@
+"""Pretrained models shipped inside the package: ``pretrained:<name>`` wherever a checkpoint is accepted.
+
+Each model is a weights-only checkpoint (architecture, weights, the resolved training config and how it was
+trained; no optimizer state) in ``deblur_exp/weights/``, pinned by SHA-256 in ``manifest.json`` beside it,
+with the Set5 score it was published with. ``scripts/export_pretrained.py`` makes them from finished runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from deblur_exp.checkpoint import load_checkpoint, save_checkpoint
+from deblur_exp.errors import DeblurError
+from deblur_exp.evaluation import write_json
+
+PREFIX = "pretrained:"
+FOLDER = Path(__file__).resolve().parent / "weights"
+MANIFEST = "manifest.json"
+
+
+def manifest() -> dict[str, dict]:
+    """name -> {file, sha256, arch, bytes, trained, scores} for every shipped model."""
+    path = FOLDER / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_pretrained(target) -> bool:
+    return isinstance(target, str) and target.startswith(PREFIX)
+
+
+def pretrained_path(target: str) -> Path:
+    """The verified file behind ``pretrained:<name>``; an unknown name or a file that fails its pin is an error."""
+    name = target[len(PREFIX):]
+    entries = manifest()
+    if name not in entries:
+        raise DeblurError(f"{target}: no such pretrained model; choose from "
+                          f"{', '.join(PREFIX + n for n in sorted(entries)) or '(none shipped)'}")
+    path = FOLDER / entries[name]["file"]
+    if not path.is_file():
+        raise DeblurError(f"{target}: {path} is missing from the installed package; reinstall deblur_exp")
+    if sha256(path) != entries[name]["sha256"]:
+        raise DeblurError(f"{target}: {path} does not match its SHA-256 pin in {MANIFEST}; the file is "
+                          f"damaged or was replaced; reinstall deblur_exp")
+    return path
+
+
+def export(checkpoint: Path, name: str, trained: dict, scores: dict) -> dict:
+    """Write ``checkpoint``'s weights as ``weights/<name>.pt`` and pin it in the manifest.
+
+    ``trained`` says how it was trained (recipe, epochs, device, time); ``scores`` its published test scores.
+    """
+    state = load_checkpoint(checkpoint)
+    path = FOLDER / f"{name}.pt"
+    save_checkpoint(path, {"arch": state["arch"], "model": state["model"], "config": state["config"],
+                           "epoch": state["epoch"], "best_psnr": state.get("best_psnr"), "trained": trained})
+    entry = {"file": path.name, "sha256": sha256(path), "arch": state["arch"], "bytes": path.stat().st_size,
+             "trained": trained, "scores": scores}
+    entries = manifest()
+    entries[name] = entry
+    write_json(FOLDER / MANIFEST, dict(sorted(entries.items())))
+    return entry

@@ -1,0 +1,67 @@
+"""Ship finished runs as the package's pretrained models (``pretrained:<name>``).
+
+    python scripts/export_pretrained.py RUN [RUN ...] [--data-dir DIR]
+
+Each run's best checkpoint is written weights-only to deblur_exp/weights/<architecture>.pt with how it was
+trained (recipe, epochs, device, time, the resolved config), scored on Set5 and Set14 (RGB, whole images,
+the run's own degradation) and pinned by SHA-256 in deblur_exp/weights/manifest.json. Prints the table
+README's "Pretrained models" shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from deblur_exp.cli import default_data_dir, run_cli
+from deblur_exp.data.images import read_folder
+from deblur_exp.errors import DeblurError
+from deblur_exp.evaluation import evaluate_set, load_restorer, markdown_table, run_checkpoint, summarize
+from deblur_exp.pretrained import FOLDER, PREFIX, export
+from deblur_exp.report import load_run
+
+SETS = ("Set5", "Set14")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="finished run folders, one per architecture")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    sets = {}
+    for name in SETS:
+        if not (args.data_dir / name).is_dir():
+            raise DeblurError(f"{args.data_dir / name}: missing; the exported models are scored on {', '.join(SETS)}")
+        sets[name], _ = read_folder(args.data_dir / name)
+    runs = [load_run(folder) for folder in args.runs]
+    archs = [r.arch for r in runs]
+    if len(set(archs)) != len(archs):
+        raise DeblurError(f"two runs of one architecture ({', '.join(archs)}); export one run per architecture")
+    rows = []
+    for run in runs:
+        checkpoint = run_checkpoint(run.folder)
+        restorer = load_restorer(checkpoint, "cpu", label=run.arch)
+        scores = {name: summarize(evaluate_set(restorer, images, "cpu", progress=False)[0])["psnr_restored"]
+                  for name, images in sets.items()}
+        s = run.summary
+        overrides = yaml.safe_load((run.folder / ".hydra" / "overrides.yaml").read_text()) or []
+        trained = {"recipe": run.recipe, "overrides": overrides, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
+                   "stopped_by": s.get("stopped_by", "epochs"), "max_time_s": s.get("max_time_s"),
+                   "train_time_s": s["train_time_s"], "device": s.get("device"), "run": run.folder.name}
+        entry = export(checkpoint, run.arch, trained, {f"{k}_psnr_rgb": round(v, 4) for k, v in scores.items()})
+        rows.append([f"`{PREFIX}{run.arch}`", s["epochs"], f"{s['train_time_s'] / 60:.1f} min", s.get("device"),
+                     f"{scores['Set5']:.2f}", f"{scores['Set14']:.2f}", f"{entry['bytes'] / 2**20:.2f} MiB"])
+    print(markdown_table(["model", "epochs", "train time", "device", "Set5 PSNR (RGB)", "Set14 PSNR (RGB)", "size"],
+                         rows))
+    print(f"written to {FOLDER}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

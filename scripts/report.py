@@ -1,0 +1,62 @@
+"""Turn finished runs into the results report: a table, learning curves and a zoomed model comparison.
+
+    python scripts/report.py SWEEP_OR_RUN [SWEEP_OR_RUN ...] --out DIR [--sets Set5 Set14] [--compare butterfly]
+
+Each run's best checkpoint is scored on whole images of the test sets in RGB and in Y with a 3-pixel crop
+(the super-resolution protocol), beside the degraded input and the seed notebook's reported figures. Writes
+DIR/results.md (and results.csv), DIR/curves.png (validation PSNR and losses per epoch, every run on one axes)
+and DIR/compare_<image>.png (each model's restoration of one image with a zoomed crop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from deblur_exp.cli import default_data_dir, run_cli
+from deblur_exp.data.images import read_folder
+from deblur_exp.errors import DeblurError
+from deblur_exp.report import find_runs, load_run, score_runs, write_figures, write_report
+from deblur_exp.training import resolve_device
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run folders or sweep folders (every finished job in them)")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.md, curves.png, compare_*.png")
+    p.add_argument("--sets", nargs="+", default=["Set5", "Set14"], help="folders under --data-dir (default: Set5 Set14)")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
+    p.add_argument("--compare", default="butterfly", help="image shown side by side for every model (default butterfly)")
+    p.add_argument("--y-crop", type=int, default=3, help="pixels shaved per side for the Y-channel scores (default 3)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    if args.y_crop < 0:
+        raise DeblurError("--y-crop must be >= 0")
+    device = resolve_device(args.device)
+    sets, problems = {}, []
+    for name in args.sets:
+        folder = args.data_dir / name
+        if not folder.is_dir():
+            raise DeblurError(f"--sets {name}: no folder {folder}; set --data-dir or DEBLUR_DATA_DIR")
+        sets[name], bad = read_folder(folder)
+        problems += bad
+    runs = [load_run(folder) for folder in find_runs(args.runs)]
+    runs.sort(key=lambda r: r.recipe)
+    baseline = score_runs(runs, sets, device, args.y_crop, args.compare)
+    command = "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(write_report(args.out, runs, baseline, list(sets), args.y_crop, args.compare, command))
+    write_figures(args.out, runs, baseline, args.compare)
+    for problem in problems:
+        print(f"warning: {problem}")
+    print(f"report in {args.out}: results.md, results.csv, curves.png, compare_{args.compare}.png")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,80 @@
+"""pretrained:<name>: the shipped models, their pins, and the export that makes them."""
+
+import re
+import shutil
+
+import pytest
+
+import deblur_exp.pretrained as pretrained
+from deblur_exp.checkpoint import load_checkpoint
+from deblur_exp.config import REPO_ROOT
+from deblur_exp.errors import DeblurError
+from deblur_exp.evaluation import find_checkpoints, load_restorer, run_checkpoint
+from tests.conftest import dataset, run_script, write_sharp_images
+
+SHIPPED = pretrained.manifest()
+
+
+def readme_set5_figures() -> dict[str, float]:
+    """The Set5 PSNR per pretrained model, as README's "Pretrained models" table publishes it."""
+    text = (REPO_ROOT / "README.md").read_text()
+    return {name: float(psnr) for name, psnr in
+            re.findall(r"^\| `pretrained:(\w+)` \|[^|]*\|[^|]*\|[^|]*\|[^|]*\| ([\d.]+) \|", text, re.M)}
+
+
+def test_five_seed_architectures_ship_small_and_pinned():
+    assert set(SHIPPED) == {"deblurcnn", "deblurcnn_res", "deblursuperrescnn", "dncnn", "edsr"}
+    files = [pretrained.FOLDER / e["file"] for e in SHIPPED.values()]
+    assert sum(f.stat().st_size for f in files) < 10 * 10**6
+    for name, entry in SHIPPED.items():
+        path = pretrained.pretrained_path(f"pretrained:{name}")  # verifies the SHA-256 pin
+        state = load_checkpoint(path, expected_arch=entry["arch"])
+        assert "optimizer" not in state and "experiment=seed" in state["trained"]["overrides"]
+        assert state["trained"]["device"] and state["trained"]["epochs"] >= 1 and "model:" in state["config"]
+    assert set(readme_set5_figures()) == set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_a_shipped_model_scores_what_the_readme_says(name, tmp_path):
+    set5 = dataset("Set5")
+    result = run_script("evaluate.py", f"pretrained:{name}", "--sets", "Set5", "--data-dir", str(set5.parent),
+                        "--out", str(tmp_path), "--no-figures", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if f"| {name} |" in line)
+    measured = float(row.split("|")[4])  # rank | model | parameters | mean PSNR | ...
+    assert measured == pytest.approx(readme_set5_figures()[name], abs=0.05)
+
+
+def test_deblur_restores_with_a_pretrained_model_offline(tmp_path):
+    photos = write_sharp_images(tmp_path / "photos")
+    result = run_script("deblur.py", "--model", "pretrained:edsr", str(photos), "--out", str(tmp_path / "out"),
+                        "--device", "cpu", env={"no_proxy": "*", "http_proxy": "http://127.0.0.1:9",
+                                                "https_proxy": "http://127.0.0.1:9"})
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_restored.png")) == ["alpha_restored.png",
+                                                                                  "beta_restored.png"]
+
+
+def test_an_unknown_name_lists_the_shipped_ones(tmp_path):
+    result = run_script("evaluate.py", "pretrained:unet", "--out", str(tmp_path), "--device", "cpu")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "pretrained:unet: no such pretrained model; choose from pretrained:deblurcnn" in result.stderr
+
+
+def test_export_pins_and_a_tampered_file_is_refused(trained_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "FOLDER", tmp_path / "weights")
+    entry = pretrained.export(run_checkpoint(trained_run), "tiny", {"epochs": 1, "device": "cpu"}, {"Set5": 1.0})
+    (path,) = find_checkpoints("pretrained:tiny")
+    assert path == tmp_path / "weights" / "tiny.pt" and entry["sha256"] == pretrained.sha256(path)
+    restorer = load_restorer(path)
+    original = load_restorer(run_checkpoint(trained_run))
+    assert all((a == b).all() for a, b in zip(restorer.model.state_dict().values(),
+                                               original.model.state_dict().values()))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DeblurError, match="does not match its SHA-256 pin"):
+        find_checkpoints("pretrained:tiny")
+    shutil.rmtree(tmp_path / "weights")
+    with pytest.raises(DeblurError, match=r"choose from \(none shipped\)"):
+        find_checkpoints("pretrained:tiny")
