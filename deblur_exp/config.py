@@ -74,6 +74,7 @@ class DataConfig:
     stride: int = 14
     val_fraction: float = 0.1
     split: str = "image"
+    color: str = "rgb"
     cache: bool = True
     download: bool = False
     url: Optional[str] = None
@@ -90,6 +91,7 @@ class DegradationConfig:
     down_interp: str = "area"
     up_interp: str = "linear"
     apply_to: str = "image"
+    crop_to_scale: bool = False
 
 
 @dataclass
@@ -217,12 +219,13 @@ def register_configs() -> None:
 register_configs()
 
 
+COLOR_CHANNELS = {"rgb": 3, "y": 1}  # data.color -> channels of every image, patch and model input
+
 CHOICES = {
     "data.source": ("sample", "folder"),
     "data.split": ("patch", "image"),
     "degradation.apply_to": ("patch", "image"),
-    "degradation.down_interp": ("nearest", "linear", "cubic", "area", "lanczos"),
-    "degradation.up_interp": ("nearest", "linear", "cubic", "area", "lanczos"),
+    "data.color": ("rgb", "y"),
     "trainer.loss": ("mse", "l1"),
     "trainer.precision": ("32", "bf16", "fp16"),
     "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune"),
@@ -259,7 +262,10 @@ def check_config(cfg: DictConfig) -> None:
         if not ok:
             raise DeblurError(f"{key}: {message} (got {OmegaConf.select(cfg, key)!r})")
 
-    for key, allowed in CHOICES.items():
+    from deblur_exp.data.degrade import RESIZERS  # the resizers' own table is the list of choices
+
+    choices = {**CHOICES, "degradation.down_interp": tuple(RESIZERS), "degradation.up_interp": tuple(RESIZERS)}
+    for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         need(str(value) in allowed, key, f"must be one of {', '.join(allowed)}")
     t, d, g = cfg.trainer, cfg.data, cfg.degradation
@@ -286,6 +292,11 @@ def check_config(cfg: DictConfig) -> None:
         parse_duration(t.max_time)
     except ValueError:
         need(False, "trainer.max_time", "must be a duration: HH:MM:SS, DD:HH:MM:SS or minutes (e.g. 10), or null")
+    channels = cfg.model.params.get("channels", 3)
+    need(channels == COLOR_CHANNELS[d.color], "model.params.channels",
+         f"must be {COLOR_CHANNELS[d.color]} for data.color={d.color}")
+    need(not (cfg.eval.y_channel and d.color == "y"), "eval.y_channel",
+         "must be false for data.color=y (the images already are the Y channel)")
     need(cfg.eval.crop_border >= 0, "eval.crop_border", "must be >= 0")
     need(cfg.eval.tile is None or cfg.eval.tile > 0, "eval.tile", "must be positive or null (one pass)")
     need(cfg.eval.tile_overlap >= 0, "eval.tile_overlap", "must be >= 0")

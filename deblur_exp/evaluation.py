@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.config import DegradationConfig
-from deblur_exp.data.degrade import degrade, min_image_size
+from deblur_exp.data.degrade import degrade, min_image_size, sharp_for
 from deblur_exp.data.images import Image, read_folder
 from deblur_exp.errors import DeblurError
 from deblur_exp.metrics import SSIM_WINDOW, psnr, ssim
@@ -38,6 +38,7 @@ class Restorer:
     arch: str
     model: torch.nn.Module
     degradation: DegradationConfig
+    color: str  # data.color it was trained on: "rgb" or "y" (single-channel luma)
     checkpoint: Path
     epoch: int
     config: dict = field(repr=False)
@@ -87,12 +88,18 @@ def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: s
     if label is None:
         run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
         label = f"{state['arch']}@{run.name}"
-    return Restorer(label, state["arch"], model, degradation, checkpoint, state["epoch"], config)
+    color = config.get("data", {}).get("color", "rgb")
+    return Restorer(label, state["arch"], model, degradation, color, checkpoint, state["epoch"], config)
 
 
 def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_overlap=32, self_ensemble=False,
-                y_channel=False, crop_border=0) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Degrade ``sharp`` with the run's own degradation, restore it, and score both against ``sharp``."""
+                y_channel=False, crop_border=0, grey=False) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Degrade ``sharp`` (RGB as read) with the run's own degradation, restore it, and score both against it.
+
+    Returns (scores, sharp, degraded, restored), the sharp image as the model sees it: in the run's colour
+    (RGB or Y) and cropped to the scale when the degradation asks for it.
+    """
+    sharp = sharp_for(sharp, restorer.color, restorer.degradation, grey)
     height, width = sharp.shape[:2]
     need = max(min_image_size(restorer.degradation), 2 * crop_border + SSIM_WINDOW)
     if min(height, width) < need:
@@ -102,7 +109,7 @@ def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_o
     degraded = degrade(sharp, restorer.degradation)
     restored = restore_image(restorer.model, degraded, device, tile, tile_overlap, self_ensemble)
     row = {"size": f"{width}x{height}", **score_pair(sharp, degraded, restored, y_channel, crop_border)}
-    return row, degraded, restored
+    return row, sharp, degraded, restored
 
 
 def score_pair(sharp: np.ndarray, degraded: np.ndarray, restored: np.ndarray, y_channel=False,
@@ -120,13 +127,13 @@ def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=T
     images = list(images)
     for image in tqdm(images, desc=f"eval {restorer.label}", leave=False, disable=not progress, unit="img"):
         try:
-            row, degraded, restored = score_image(restorer, image.rgb, device, **options)
+            row, sharp, degraded, restored = score_image(restorer, image.rgb, device, grey=image.grey, **options)
         except DeblurError as exc:
             problems.append(f"{image.path or image.name}: {exc}")
             continue
         rows.append({"image": image.name, **row})
         if on_image is not None:
-            on_image(image, degraded, restored, row)
+            on_image(image, sharp, degraded, restored, row)
     return rows, problems
 
 

@@ -20,13 +20,22 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _show(ax, image: np.ndarray, **kwargs) -> None:
+    """imshow for uint8 or [0, 1] float images, RGB or single-channel (drawn grey)."""
+    image = np.clip(image, 0, 255 if image.dtype == np.uint8 else 1)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    grey = {"cmap": "gray", "vmin": 0, "vmax": 255 if image.dtype == np.uint8 else 1} if image.ndim == 2 else {}
+    ax.imshow(image, **grey, **kwargs)
+
+
 def panels(path: Path, images: list[np.ndarray], titles: list[str], suptitle: str | None = None) -> None:
     """One row of images with a title each."""
     height, width = images[0].shape[:2]
     panel_w = 4.0
     fig, axes = plt.subplots(1, len(images), figsize=(panel_w * len(images), panel_w * height / width + 0.6))
     for ax, image, title in zip(np.atleast_1d(axes), images, titles):
-        ax.imshow(np.clip(image, 0, 255 if image.dtype == np.uint8 else 1))
+        _show(ax, image)
         ax.set_title(title, fontsize=11)
         ax.axis("off")
     if suptitle:
@@ -87,11 +96,10 @@ def zoomed_comparison(path: Path, rows: list[list[tuple[str, np.ndarray]]], box:
             if c >= len(row):
                 continue
             title, image = row[c]
-            image = np.clip(image, 0, 255 if image.dtype == np.uint8 else 1)
-            full.imshow(image)
+            _show(full, image)
             full.add_patch(Rectangle((left, top), size, size, fill=False, edgecolor="yellow", linewidth=1.2))
             full.set_title(title, fontsize=9)
-            crop.imshow(image[top:top + size, left:left + size], interpolation="nearest")
+            _show(crop, image[top:top + size, left:left + size], interpolation="nearest")
     if suptitle:
         fig.suptitle(suptitle, fontsize=12)
     fig.tight_layout()

@@ -37,9 +37,12 @@ def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
 
 def _prepare(image: np.ndarray, y_channel: bool, crop_border: int) -> np.ndarray:
     image = to_float64(image)
+    if image.ndim == 2:
+        image = image[..., None]
     if crop_border:
         image = image[crop_border:-crop_border, crop_border:-crop_border]
-    return rgb_to_y(image)[..., None] if y_channel else image
+    # A single-channel image already is the luma (data.color=y): nothing to convert.
+    return rgb_to_y(image)[..., None] if y_channel and image.shape[2] == 3 else image
 
 
 def _check(restored: np.ndarray, sharp: np.ndarray, crop_border: int) -> None:

@@ -21,7 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from deblur_exp.data.degrade import degrade
+from deblur_exp.data.degrade import degrade, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import load_restorer, markdown_table, run_checkpoint, score_pair, write_csv, write_text
@@ -111,15 +111,15 @@ def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_cr
         for set_name, images in sets.items():
             rows = {p: [] for p in PROTOCOLS}
             for image in images:
-                degraded = degrade(image.rgb, restorer.degradation)
-                with torch.no_grad():
-                    restored = restore_image(restorer.model, degraded, device)
+                sharp = sharp_for(image.rgb, restorer.color, restorer.degradation, image.grey)
+                degraded = degrade(sharp, restorer.degradation)
+                restored = restore_image(restorer.model, degraded, device)
                 for protocol in PROTOCOLS:
                     options = {"y_channel": True, "crop_border": y_crop} if protocol == "y" else {}
-                    rows[protocol].append(score_pair(image.rgb, degraded, restored, **options))
+                    rows[protocol].append(score_pair(sharp, degraded, restored, **options))
                 if image.name == compare and run.compare is None:
                     run.compare, run.compare_psnr = restored, rows["rgb"][-1]["psnr_restored"]
-                    baseline.setdefault("compare", {"image": image.rgb, "degraded": degraded,
+                    baseline.setdefault("compare", {"image": sharp, "degraded": degraded,
                                                     "psnr": rows["rgb"][-1]["psnr_degraded"]})
             for protocol, scored in rows.items():
                 means = {k: float(np.mean([r[k] for r in scored])) for k in scored[0]}

@@ -17,7 +17,7 @@ def _forward(model: nn.Module, degraded: torch.Tensor, tile: int | None, overlap
     _, _, height, width = degraded.shape
     if tile is None or (height <= tile and width <= tile):
         return model(degraded).float().cpu()
-    restored = torch.empty((1, 3, height, width), dtype=torch.float32)
+    restored = torch.empty((1, degraded.shape[1], height, width), dtype=torch.float32)
     for top in range(0, height, tile):
         for left in range(0, width, tile):
             bottom, right = min(top + tile, height), min(left + tile, width)
@@ -42,12 +42,12 @@ def _inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
 @torch.no_grad()
 def restore_image(model: nn.Module, degraded: np.ndarray, device: torch.device | str = "cpu",
                   tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False) -> np.ndarray:
-    """Restore an HxWx3 uint8 RGB image; returns HxWx3 float32 in [0, 1]."""
+    """Restore an HxWxC uint8 image (C as the model was trained: 3 RGB or 1 luma); returns HxWxC float32 in [0, 1]."""
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(degraded)).permute(2, 0, 1)[None].float().div_(255).to(device)
     if self_ensemble:
         transforms = [(k, flip) for k in range(4) for flip in (False, True)]
-        total = torch.zeros((1, 3, *x.shape[2:]), dtype=torch.float32)
+        total = torch.zeros((1, *x.shape[1:]), dtype=torch.float32)
         for k, flip in transforms:
             total += _inverse(_forward(model, _transform(x, k, flip), tile, tile_overlap), k, flip)
         restored = total / len(transforms)
@@ -58,3 +58,17 @@ def restore_image(model: nn.Module, degraded: np.ndarray, device: torch.device |
 
 def to_uint8(restored: np.ndarray) -> np.ndarray:
     return np.round(np.clip(restored, 0, 1) * 255).astype(np.uint8)
+
+
+def restore_photo(model: nn.Module, color: str, rgb: np.ndarray, device: torch.device | str = "cpu",
+                  tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False) -> np.ndarray:
+    """Restore an RGB photo with a model trained on ``color``: "rgb" directly; "y" (a luma model, as in the SR
+    literature) restores the BT.601 Y channel and keeps the photo's own Cb and Cr. Returns HxWx3 float in [0, 1]."""
+    if color == "rgb":
+        return restore_image(model, rgb, device, tile, tile_overlap, self_ensemble)
+    from deblur_exp.data.images import rgb_to_ycbcr, ycbcr_to_rgb
+
+    ycbcr = rgb_to_ycbcr(rgb)
+    luma = np.round(ycbcr[:, :, :1]).astype(np.uint8)
+    ycbcr[:, :, :1] = restore_image(model, luma, device, tile, tile_overlap, self_ensemble) * 255.0
+    return ycbcr_to_rgb(ycbcr).astype(np.float32) / 255.0

@@ -724,12 +724,12 @@ def evaluate_run(cfg: DictConfig, run_dir: Path, device, writer, held_out, step:
     for set_name, images in sets.items():
         shown = []
 
-        def keep(image, degraded, restored, row):
+        def keep(image, sharp, degraded, restored, row):
             if e.figures:
-                three_panel(run_dir / "eval" / "figures" / set_name / f"{image.name}.png", image.rgb, degraded,
+                three_panel(run_dir / "eval" / "figures" / set_name / f"{image.name}.png", sharp, degraded,
                             restored, row["psnr_degraded"], row["psnr_restored"], image.name)
             if len(shown) < e.tensorboard_images:
-                shown.append((image.name, np.concatenate([degraded, to_uint8(restored), image.rgb], axis=1)))
+                shown.append((image.name, np.concatenate([degraded, to_uint8(restored), sharp], axis=1)))
 
         rows, bad = evaluate_set(restorer, images, device, progress=cfg.trainer.progress, on_image=keep, **options)
         for problem in bad:

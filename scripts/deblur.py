@@ -22,7 +22,7 @@ from deblur_exp.data.images import read_image, scan_folder, write_image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import IMAGE_FIELDS, find_checkpoints, load_restorer, score_image, write_csv
 from deblur_exp.figures import before_after, three_panel
-from deblur_exp.restore import restore_image, to_uint8
+from deblur_exp.restore import restore_photo, to_uint8
 from deblur_exp.training import resolve_device
 
 
@@ -80,17 +80,17 @@ def main() -> int:
         try:
             image = read_image(path)
             if args.simulate:
-                scores, degraded, restored = score_image(restorer, image, device, args.tile, args.tile_overlap,
-                                                         args.self_ensemble)
+                scores, sharp, degraded, restored = score_image(restorer, image, device, args.tile,
+                                                                args.tile_overlap, args.self_ensemble)
                 write_image(args.out / f"{stem}_degraded.png", degraded)
-                three_panel(args.out / f"{stem}_panel.png", image, degraded, restored, scores["psnr_degraded"],
+                three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores["psnr_degraded"],
                             scores["psnr_restored"], path.name)
                 rows.append({"image": path.name, **scores})
                 print(f"{path.name}: PSNR {scores['psnr_degraded']:.2f} -> {scores['psnr_restored']:.2f} dB, "
                       f"SSIM {scores['ssim_degraded']:.4f} -> {scores['ssim_restored']:.4f}")
             else:
-                restored = restore_image(restorer.model, image, device, args.tile, args.tile_overlap,
-                                         args.self_ensemble)
+                restored = restore_photo(restorer.model, restorer.color, image, device, args.tile,
+                                         args.tile_overlap, args.self_ensemble)
                 before_after(args.out / f"{stem}_before_after.png", image, restored, path.name)
             write_image(restored_path, to_uint8(restored))
             written += 1

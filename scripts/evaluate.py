@@ -97,12 +97,12 @@ def main() -> int:
         row = {"model": restorer.label, "arch": restorer.arch, "parameters": count_parameters(restorer.model),
                "epoch": restorer.epoch, "checkpoint": str(restorer.checkpoint)}
         for set_name, images in sets.items():
-            def keep(image, degraded, restored, scores, set_name=set_name):
+            def keep(image, sharp, degraded, restored, scores, set_name=set_name):
                 if not args.no_figures:
-                    three_panel(out / restorer.label / "figures" / set_name / f"{image.name}.png", image.rgb,
+                    three_panel(out / restorer.label / "figures" / set_name / f"{image.name}.png", sharp,
                                 degraded, restored, scores["psnr_degraded"], scores["psnr_restored"], image.name)
                 if image.name == args.compare:
-                    compare.setdefault("sharp", image.rgb)
+                    compare.setdefault("sharp", sharp)
                     compare[restorer.label] = (restored, scores["psnr_restored"])
 
             rows, bad = evaluate_set(restorer, images, device, on_image=keep, **options)

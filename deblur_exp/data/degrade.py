@@ -1,23 +1,75 @@
-"""The degradation: Gaussian blur, then down- and up-scaling with OpenCV, on uint8 RGB arrays.
+"""The degradation: Gaussian blur, then down- and up-scaling, on uint8 arrays (HxWx3 RGB or HxWx1 luma).
 
 The same function degrades training patches, whole training images and whole test images, so what the
-model learns and what it is scored on are produced by one piece of code.
+model learns and what it is scored on are produced by one piece of code. Resizing is OpenCV's, or MATLAB's
+``imresize`` bicubic (``matlab_bicubic``), which the super-resolution literature's published numbers use.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import cv2
 import numpy as np
 
 from deblur_exp.config import DegradationConfig
+from deblur_exp.data.images import to_color
 from deblur_exp.errors import DeblurError
 
-INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST,
-    "linear": cv2.INTER_LINEAR,
-    "cubic": cv2.INTER_CUBIC,
-    "area": cv2.INTER_AREA,
-    "lanczos": cv2.INTER_LANCZOS4,
+
+def _cubic(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel with a = -0.5, the one MATLAB's imresize uses."""
+    x = np.abs(x)
+    return np.where(x <= 1, 1.5 * x**3 - 2.5 * x**2 + 1,
+                    np.where(x <= 2, -0.5 * x**3 + 2.5 * x**2 - 4 * x + 2, 0.0))
+
+
+def _matlab_weights(in_length: int, out_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(taps x out) weights and 0-based source indices of MATLAB's imresize along one axis.
+
+    When shrinking, the kernel is stretched by 1/scale (MATLAB's antialiasing); borders are mirrored the way
+    MATLAB does it (symmetric, edge pixel repeated).
+    """
+    scale = out_length / in_length
+    width = 4.0 / scale if scale < 1 else 4.0
+    centre = np.arange(1, out_length + 1) / scale + 0.5 * (1 - 1 / scale)  # in 1-based input coordinates
+    left = np.floor(centre - width / 2)
+    taps = int(np.ceil(width)) + 2
+    indices = left[None, :] + np.arange(taps)[:, None]  # 1-based
+    distance = centre[None, :] - indices
+    weights = scale * _cubic(distance * scale) if scale < 1 else _cubic(distance)
+    weights /= weights.sum(axis=0, keepdims=True)
+    mirror = np.concatenate([np.arange(in_length), np.arange(in_length)[::-1]])
+    return weights, mirror[(indices.astype(np.int64) - 1) % (2 * in_length)]
+
+
+def imresize_matlab(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """MATLAB's ``imresize(image, [h w], 'bicubic')`` for uint8 HxWxC arrays (``size`` is (width, height)).
+
+    Computed in float64, rows then columns, rounded to uint8 once at the end.
+    """
+    out = image.astype(np.float64)
+    for axis, length in ((0, size[1]), (1, size[0])):
+        weights, indices = _matlab_weights(out.shape[axis], length)
+        moved = np.moveaxis(out, axis, 0)
+        resized = np.zeros((length, *moved.shape[1:]))
+        for tap in range(len(weights)):  # one tap at a time: memory stays at one output image
+            resized += weights[tap].reshape(-1, *([1] * (moved.ndim - 1))) * moved[indices[tap]]
+        out = np.moveaxis(resized, 0, axis)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _opencv(flag: int, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(image, size, interpolation=flag)
+
+
+RESIZERS = {
+    "nearest": partial(_opencv, cv2.INTER_NEAREST),
+    "linear": partial(_opencv, cv2.INTER_LINEAR),
+    "cubic": partial(_opencv, cv2.INTER_CUBIC),
+    "area": partial(_opencv, cv2.INTER_AREA),
+    "lanczos": partial(_opencv, cv2.INTER_LANCZOS4),
+    "matlab_bicubic": imresize_matlab,
 }
 
 
@@ -26,8 +78,23 @@ def min_image_size(spec: DegradationConfig) -> int:
     return max(1, spec.scale)
 
 
+def crop_to_scale(sharp: np.ndarray, spec: DegradationConfig) -> np.ndarray:
+    """With ``degradation.crop_to_scale``: shave the bottom/right so each side is a multiple of the scale (the SR
+    protocol's ``modcrop``), so down- and up-scaling map pixel grids exactly."""
+    if not spec.crop_to_scale or spec.scale <= 1:
+        return sharp
+    height, width = sharp.shape[:2]
+    return sharp[:height - height % spec.scale, :width - width % spec.scale]
+
+
+def sharp_for(rgb: np.ndarray, color: str, spec: DegradationConfig, grey: bool = False) -> np.ndarray:
+    """A read RGB image as the sharp truth that training and scoring use: in ``data.color``, cropped to the
+    scale when the degradation asks for it. Training patches and test images both come through here."""
+    return crop_to_scale(to_color(rgb, color, grey), spec)
+
+
 def degrade(sharp: np.ndarray, spec: DegradationConfig) -> np.ndarray:
-    """Blur, downscale to floor(size/scale) and upscale back to the original size."""
+    """Blur, downscale to floor(size/scale) and upscale back to the original size; the shape is kept."""
     height, width = sharp.shape[:2]
     if min(height, width) < min_image_size(spec):
         raise DeblurError(f"image of {width}x{height} is too small for degradation.scale={spec.scale}: "
@@ -37,7 +104,6 @@ def degrade(sharp: np.ndarray, spec: DegradationConfig) -> np.ndarray:
         kernel = (spec.blur_kernel, spec.blur_kernel)
         degraded = cv2.GaussianBlur(degraded, kernel, spec.blur_sigma)
     if spec.scale > 1:
-        small = cv2.resize(degraded, (width // spec.scale, height // spec.scale),
-                           interpolation=INTERPOLATIONS[spec.down_interp])
-        degraded = cv2.resize(small, (width, height), interpolation=INTERPOLATIONS[spec.up_interp])
-    return degraded
+        small = RESIZERS[spec.down_interp](degraded, (width // spec.scale, height // spec.scale))
+        degraded = RESIZERS[spec.up_interp](small, (width, height))
+    return degraded.reshape(sharp.shape)  # OpenCV drops a single channel's axis; put it back

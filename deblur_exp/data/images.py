@@ -28,6 +28,7 @@ class Image:
     name: str          # file stem (or sample name): the key used in tables and val_images
     rgb: np.ndarray    # HxWx3 uint8, RGB
     path: Path | None = None  # the file it was read from, for messages
+    grey: bool = False  # the file held one channel (its RGB has R = G = B); see to_color
 
 
 def to_rgb_uint8(pixels: np.ndarray, channel_order: str = "bgr") -> np.ndarray:
@@ -52,6 +53,11 @@ def to_rgb_uint8(pixels: np.ndarray, channel_order: str = "bgr") -> np.ndarray:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read one image file as HxWx3 uint8 RGB; raises DeblurError naming the file when it cannot."""
+    return read_image_info(path)[0]
+
+
+def read_image_info(path: str | Path) -> tuple[np.ndarray, bool]:
+    """(HxWx3 uint8 RGB, whether the file held a single grey channel)."""
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode copes with non-ASCII paths
@@ -64,13 +70,42 @@ def read_image(path: str | Path) -> np.ndarray:
     if pixels is None:
         raise DeblurError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
     try:
-        return to_rgb_uint8(pixels, "bgr")
+        return to_rgb_uint8(pixels, "bgr"), pixels.ndim == 2 or pixels.shape[2] == 1
     except ValueError as exc:
         raise DeblurError(f"{path}: {exc}") from None
 
 
+# ITU-R BT.601 studio-range YCbCr from RGB in [0, 255], as MATLAB's rgb2ycbcr (the SR literature's Y channel).
+_YCBCR = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
+_YCBCR_OFFSET = np.array([16.0, 128.0, 128.0])
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB -> HxWx3 float64 Y, Cb, Cr in [0, 255] (Y in [16, 235])."""
+    return rgb.astype(np.float64) @ _YCBCR.T + _YCBCR_OFFSET
+
+
+def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`rgb_to_ycbcr`, rounded and clipped to uint8 RGB."""
+    rgb = (ycbcr - _YCBCR_OFFSET) @ np.linalg.inv(_YCBCR).T
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def to_color(rgb: np.ndarray, color: str, grey: bool = False) -> np.ndarray:
+    """``data.color``: "rgb" keeps HxWx3; "y" gives the HxWx1 uint8 luma, rounded as MATLAB does for uint8.
+
+    A file that held one grey channel (``grey``) is taken as its own luma, unconverted, as the SRCNN evaluation
+    code does (it converts only 3-channel files); the published Set14 numbers depend on it (``bridge``).
+    """
+    if color == "rgb":
+        return rgb
+    if grey:
+        return np.ascontiguousarray(rgb[:, :, :1])
+    return np.round(rgb_to_ycbcr(rgb)[:, :, :1]).astype(np.uint8)
+
+
 def write_image(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image atomically (temp file + rename), so no half-written file is ever left."""
+    """Write an RGB (or single-channel) uint8 image atomically (temp file + rename), never half-written."""
     path = Path(path)
     ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:
@@ -105,12 +140,12 @@ def read_folder(folder: Path, names: list[str] | None = None, min_size: int = 1)
         if names is not None and path.stem not in names:
             continue
         try:
-            rgb = read_image(path)
+            rgb, grey = read_image_info(path)
         except DeblurError as exc:
             problems.append(str(exc))
             continue
         if min(rgb.shape[:2]) < min_size:
             problems.append(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the {min_size}-pixel minimum")
             continue
-        images.append(Image(path.stem, rgb, path))
+        images.append(Image(path.stem, rgb, path, grey))
     return images, problems

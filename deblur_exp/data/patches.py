@@ -20,7 +20,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from deblur_exp.config import DataConfig, DegradationConfig
-from deblur_exp.data.degrade import degrade
+from deblur_exp.data.degrade import degrade, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
@@ -32,8 +32,8 @@ CACHE_VERSION = 1  # bump when the patch layout or degradation code changes mean
 
 @dataclass
 class PatchSet:
-    sharp: np.ndarray        # N x P x P x 3 uint8
-    degraded: np.ndarray     # N x P x P x 3 uint8, aligned with sharp
+    sharp: np.ndarray        # N x P x P x C uint8 (C: 3 for RGB, 1 for data.color=y)
+    degraded: np.ndarray     # N x P x P x C uint8, aligned with sharp
     image_index: np.ndarray  # N, which image each patch came from
     image_names: list[str]   # one per image
 
@@ -61,7 +61,7 @@ def degrade_and_cut(sharp: np.ndarray, data: DataConfig, spec: DegradationConfig
 def build_patch_set(images: list[Image], data: DataConfig, spec: DegradationConfig) -> PatchSet:
     sharp, degraded, index = [], [], []
     for i, image in enumerate(images):
-        s, d = degrade_and_cut(image.rgb, data, spec)
+        s, d = degrade_and_cut(sharp_for(image.rgb, data.color, spec, image.grey), data, spec)
         sharp.append(s)
         degraded.append(d)
         index.append(np.full(len(s), i, dtype=np.int64))
@@ -75,6 +75,7 @@ def cache_key(fingerprint: list, data: DataConfig, spec: DegradationConfig) -> s
         "images": fingerprint,
         "patch_size": data.patch_size,
         "stride": data.stride,
+        "color": data.color,
         "degradation": {k: v for k, v in dataclasses.asdict(spec).items() if k != "name"},
     }
     return hashlib.sha256(json.dumps(determines, sort_keys=True).encode()).hexdigest()[:20]
