@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from deblur_exp.atomic import atomic_write
 from deblur_exp.errors import DeblurError
 
 FORMAT_VERSION = 1
@@ -31,15 +32,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool
     new one ever turn out unreadable (a disk error, a copy cut short).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         torch.save({"format_version": FORMAT_VERSION, **state}, f)
         f.flush()
-        os.fsync(f.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, path.with_name("previous.pt"))
-    os.replace(tmp, path)
+        # Inside the write: the rename of the finished temp file is the very next step.
+        if keep_previous and path.exists():
+            os.replace(path, path.with_name("previous.pt"))
     _fsync_dir(path.parent)
 
 
@@ -56,6 +54,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _first_line(exc: BaseException, width: int = 160) -> str:
+    """The first line of an error, shortened at a word boundary (never cut mid-word)."""
+    import textwrap
+
+    return textwrap.shorten(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, width, placeholder=" ...")
+
+
 def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[str, Any]:
     """Load a checkpoint safely; every way it can be wrong becomes one DeblurError naming the file."""
     path = Path(path)
@@ -65,9 +70,9 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise DeblurError(f"{path}: refused to load: the file holds objects other than tensors and plain data "
-                          f"(weights_only=True); it may be malicious ({str(exc).splitlines()[0][:120]})") from None
+                          f"(weights_only=True); it may be malicious ({_first_line(exc)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise DeblurError(f"{path}: checkpoint is truncated or corrupt ({str(exc).splitlines()[0][:120]})") from None
+        raise DeblurError(f"{path}: checkpoint is truncated or corrupt ({_first_line(exc)})") from None
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise DeblurError(f"{path}: not a deblur_exp checkpoint (no format_version/model entries)")
     if state["format_version"] > FORMAT_VERSION:

@@ -17,6 +17,15 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("DEBLUR_DATA_DIR", REPO_ROOT / "data"))
 
 
+def default_output_dir(kind: str) -> Path:
+    """Where a script writes when not told: <output root>/<kind>/<date>_<time>, the output root being the same
+    as the runs' (``$DEBLUR_OUTPUT_DIR``, else outputs/ in the repository); never beside an input."""
+    import time
+
+    root = Path(os.environ.get("DEBLUR_OUTPUT_DIR", REPO_ROOT / "outputs"))
+    return root / kind / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def run_cli(main: Callable[[], int]) -> None:
     """Run ``main``; a DeblurError becomes ``error: <message>`` and exit status 2, never a traceback."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s", datefmt="%H:%M:%S")
@@ -29,3 +38,68 @@ def run_cli(main: Callable[[], int]) -> None:
         print("interrupted", file=sys.stderr)
         status = 130
     sys.exit(status)
+
+
+def config_error_line(exc: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error: the key, the bad value, the choices or the type."""
+    from hydra.errors import MissingConfigException
+
+    missing = getattr(exc, "missing_cfg_file", None) or ""
+    if isinstance(exc, MissingConfigException) and "/" in missing:
+        group, option = missing.rsplit("/", 1)
+        choices = f"; choose from {', '.join(exc.options)}" if exc.options else ""
+        return f"{group}={option}: no such option{choices}"
+    cause = exc.__cause__ or exc.__context__
+    key = getattr(cause, "full_key", None)
+    message = str(exc).splitlines()[0].strip()
+    if message.startswith("Could not override '"):  # a key no config has
+        from deblur_exp.config import did_you_mean
+
+        key = message.split("'")[1]
+        return f"{key}: no such setting{did_you_mean(key, _known_keys())}"
+    detail = str(cause).splitlines()[0].strip() if cause is not None else ""
+    override = message.removeprefix("Error merging override ").strip()
+    if key and detail:
+        return f"{override if '=' in override else key}: {detail}"
+    return message if not detail else f"{message} ({detail})"
+
+
+def _known_keys() -> list[str]:
+    """Every dotted key of the default composed config, and every model's params: the candidates for a hint."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from deblur_exp.config import CONF_DIR
+    from deblur_exp.models import list_models, model_parameters
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("train"), resolve=False)
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            yield f"{prefix}{key}"
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+
+    params = {f"model.params.{p}" for name in list_models() for p in model_parameters(name)}
+    return sorted(set(walk(cfg)) | params)
+
+
+def run_hydra_cli(main: Callable[[], object]) -> None:
+    """Run a ``@hydra.main`` function with configuration mistakes reported as one line and exit status 2.
+
+    Hydra prints a multi-line report for them (and exits 1); we let the exception through instead by setting
+    HYDRA_FULL_ERROR for this process, and translate it. A user who sets HYDRA_FULL_ERROR=1 sees everything.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"error: {config_error_line(exc)}", file=sys.stderr)
+        sys.exit(2)

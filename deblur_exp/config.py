@@ -7,6 +7,7 @@ consistency checks that types cannot express live in :func:`check_config`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
@@ -46,8 +47,19 @@ def swept_job_name(num: int, sweep_dir: str, task_overrides, sweeper_params=None
     return f"{num}_{name}"
 
 
+def config_groups() -> str:
+    """``group: option, ...`` per line for --help: the groups a user picks from (conf/*/ without hydra/), not
+    the ``schema`` group the option files extend."""
+    lines = []
+    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        lines.append(f"{group.name}: {', '.join(options)}")
+    return "\n".join(lines) + "\n"
+
+
 def _register_resolvers() -> None:
     resolvers = {
+        "deblur_config_groups": config_groups,
         "deblur_root": lambda: str(REPO_ROOT),
         "deblur_run_id": lambda: _RUN_ID,
         "deblur_job_name": swept_job_name,
@@ -255,8 +267,61 @@ def parse_duration(value) -> float | None:
     return seconds
 
 
+# The typed groups: every key in them must be a field of their schema (Hydra lets ``+key=value`` add others).
+GROUP_SCHEMAS = {"trainer": TrainerConfig, "data": DataConfig, "degradation": DegradationConfig,
+                 "eval": EvalConfig, "paths": PathsConfig}
+
+
+def did_you_mean(key: str, known) -> str:
+    """'; did you mean `x`?' for the closest known key, or '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _target_parameters(target: str) -> set[str]:
+    import inspect
+
+    from hydra.utils import get_class
+
+    return set(inspect.signature(get_class(target)).parameters) | {"_target_", "_partial_"}
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys that nothing reads (``+trainer.epoch=3`` would silently train the default epochs)."""
+    from deblur_exp.models import model_parameters
+
+    def refuse(prefix: str, key: str, known) -> None:
+        dotted = [f"{prefix}.{k}" if prefix else k for k in known]
+        full = f"{prefix}.{key}" if prefix else key
+        raise DeblurError(f"{full}: no such setting{did_you_mean(full, dotted)}")
+
+    known_top = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in cfg:
+        if key not in known_top:
+            refuse("", key, known_top)
+    for group, schema in GROUP_SCHEMAS.items():
+        known = {f.name for f in dataclasses.fields(schema)}
+        for key in cfg[group]:
+            if key not in known:
+                refuse(group, key, known)
+    for group in ("optimizer", "scheduler"):
+        target = cfg[group].get("_target_")
+        known = _target_parameters(target) if target else {"_target_", "_partial_"}
+        for key in cfg[group]:
+            if key not in known:
+                refuse(group, key, known)
+    known = model_parameters(cfg.model.name)
+    for key in cfg.model.params:
+        if key not in known:
+            raise DeblurError(f"model.params.{key}: no such setting for model={cfg.model.name} (it takes: "
+                              f"{', '.join(known) or 'nothing'})")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Range and consistency checks, run before any data is read; each failure names its key."""
+    check_known_keys(cfg)
 
     def need(ok: bool, key: str, message: str) -> None:
         if not ok:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -16,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from deblur_exp.atomic import atomic_write
 from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.config import DegradationConfig
 from deblur_exp.data.degrade import degrade, min_image_size, sharp_for
@@ -144,21 +144,16 @@ def summarize(rows: list[dict]) -> dict:
 
 def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     """Write a table atomically: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
-    os.replace(tmp, path)
 
 
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def write_json(path: Path, data) -> None:

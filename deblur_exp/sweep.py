@@ -8,6 +8,7 @@ callback (registered in conf/hydra/default.yaml) that writes summary.csv / summa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -66,14 +67,15 @@ def run_job(cfg: DictConfig) -> float:
         (Path(cfg.paths.run_dir) / ERROR_FILE).unlink(missing_ok=True)
     try:
         return train(cfg)
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
+    except TrainingInterrupted as exc:  # its message is already logged, with the resume command
         sys.exit(exc.exit_code)
     except Exception as exc:
         message = str(exc) if isinstance(exc, DeblurError) else f"{type(exc).__name__}: {exc}"
         message = message.splitlines()[0] if message else type(exc).__name__
         if not multirun:
             if isinstance(exc, DeblurError):
+                if not cfg.resume:
+                    remove_unstarted_run(Path(cfg.paths.run_dir))
                 print(f"error: {message}", file=sys.stderr)
                 sys.exit(2)
             raise
@@ -85,6 +87,22 @@ def run_job(cfg: DictConfig) -> float:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ERROR_FILE).write_text(message + "\n")
         return float("nan")
+
+
+def remove_unstarted_run(run_dir: Path) -> None:
+    """A single run that failed before it trained an epoch leaves no folder behind (only .hydra/ and an empty
+    log would be in it); a folder holding anything else is left alone."""
+    import shutil
+
+    expected = {".hydra", "train.log", "checkpoints", "metrics.csv", "tensorboard"}
+    if not run_dir.is_dir() or any(p.name not in expected for p in run_dir.iterdir()):
+        return
+    metrics = run_dir / "metrics.csv"
+    if any((run_dir / "checkpoints").glob("*.pt")) or (metrics.is_file() and len(metrics.read_text().splitlines()) > 1):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the date folder too, when this run was its only one
+        run_dir.parent.rmdir()
 
 
 # ------------------------------------------------------------------------------------------------ summary

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from deblur_exp.atomic import WriteFailed, atomic_write, write_failed
 from deblur_exp.checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
 from deblur_exp.config import check_config, parse_duration
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
@@ -390,18 +391,19 @@ class MetricsTable:
         if path.exists() and keep_through_epoch > 0:
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(path, "w", newline="") as f:
             writer = csv.DictWriter(f, METRIC_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(path)
 
     def append(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, METRIC_FIELDS).writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, METRIC_FIELDS).writerow(row)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
 
 
 def image_grid(model, val_set, count, autocast, channels_last) -> torch.Tensor:
@@ -526,6 +528,11 @@ def train(cfg: DictConfig) -> float:
     handler = attach_log_file(run_dir)
     try:
         return _train(cfg, t, run_dir)
+    except WriteFailed as exc:  # e.g. a full disk: the last good checkpoint is intact, say how to go on
+        last = run_dir / "checkpoints" / "last.pt"
+        next_step = (f"free some space, then resume with: python scripts/train.py resume={run_dir}"
+                     if last.is_file() else "free some space and start the run again")
+        raise DeblurError(f"{exc}; {next_step}") from None
     finally:
         logging.getLogger("deblur_exp").removeHandler(handler)
         handler.close()
@@ -686,6 +693,7 @@ def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: fl
     write_json(run_dir / "summary.json", summary)
     baseline = {"degraded input": summary["val_psnr_degraded"]} if rows else {}
     learning_curves(run_dir / "curves.png", {cfg.model.name: rows}, baseline, title=run_dir.name)
+    log_run_end(run_dir, summary, figures=cfg.eval.figures)
     hparams = {
         "model": cfg.model.name, "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "lr": cfg.optimizer.lr,
         "scheduler": str(cfg.scheduler.get("_target_") or "none").rsplit(".", 1)[-1], "loss": cfg.trainer.loss,
@@ -699,6 +707,25 @@ def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: fl
         metrics[f"hparam/{set_name}_psnr"] = scores["psnr_restored"]
         metrics[f"hparam/{set_name}_ssim"] = scores["ssim_restored"]
     writer.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder, beside its curves
+
+
+def log_run_end(run_dir: Path, summary: dict, figures: bool) -> None:
+    """The last lines of a run: what it reached against the degraded input, and where to look."""
+    lines = ["run summary:"]
+    degraded = summary["val_psnr_degraded"]
+    if degraded is not None:
+        lines.append(f"  validation: best PSNR {summary['best_val_psnr']:.2f} dB at epoch {summary['best_epoch']}, "
+                     f"{summary['best_val_psnr'] - degraded:+.2f} dB over the degraded input ({degraded:.2f} dB)")
+    for set_name, scores in summary["eval"].items():
+        gain = scores["psnr_restored"] - scores["psnr_degraded"]
+        lines.append(f"  {set_name}: PSNR {scores['psnr_restored']:.2f} dB, {gain:+.2f} dB over the degraded "
+                     f"input ({scores['psnr_degraded']:.2f} dB) on {scores['images']} image(s)")
+    if summary["stopped_by"] == "max_time":
+        lines.append(f"  stopped by trainer.max_time after {summary['epochs']} epochs")
+    shown = "curves.png" + (", eval/figures/" if figures and summary["eval"] else "")
+    lines.append(f"  run folder: {run_dir} ({shown}, metrics.csv, checkpoints/best.pt)")
+    lines.append(f"  look at it: tensorboard --logdir {run_dir / 'tensorboard'}")
+    log.info("\n".join(lines))
 
 
 def describe_device(device: torch.device | None) -> str:

@@ -1,12 +1,13 @@
 """Restore your own photos with a trained model.
 
-    python scripts/deblur.py --model RUN_OR_CHECKPOINT INPUT [INPUT ...] --out DIR
+    python scripts/deblur.py --model RUN_OR_CHECKPOINT_OR_pretrained:NAME INPUT [INPUT ...] [--out DIR]
                              [--simulate] [--tile N] [--self-ensemble] [--device D]
 
-INPUT is an image file or a folder of them. Each restored image is written to DIR as <name>_restored.png with
+INPUT is an image file or a folder of them. Each restored image is written to DIR (default
+outputs/restored/<date>_<time>) as <name>_restored.png with
 a before/after figure; inputs are never overwritten. With --simulate the input is taken as sharp ground truth:
 it is degraded with the model's own training degradation first, then restored, and PSNR/SSIM of degraded and
-restored are reported (metrics.csv) with the Sharp | Degraded | Restored figure. Files that cannot be used are
+restored are reported (metrics.csv, with a mean row) with the Sharp | Degraded | Restored figure. Files that cannot be used are
 reported by name, the rest are still processed, and the exit status is 1 if anything failed.
 """
 
@@ -15,9 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from deblur_exp.cli import run_cli
+from deblur_exp.cli import default_output_dir, run_cli
 from deblur_exp.data.images import read_image, scan_folder, write_image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import IMAGE_FIELDS, find_checkpoints, load_restorer, score_image, write_csv
@@ -30,7 +32,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="run folder or checkpoint file")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
-    p.add_argument("--out", required=True, type=Path, help="folder for the restored images and figures")
+    p.add_argument("--out", type=Path, help="folder for the restored images and figures "
+                                            "(default: outputs/restored/<date>_<time>)")
     p.add_argument("--simulate", action="store_true", help="degrade the (sharp) inputs first, then score")
     p.add_argument("--tile", type=int, help="restore in tiles of this size (bounded memory)")
     p.add_argument("--tile-overlap", type=int, default=32, help="context pixels around each tile (default 32)")
@@ -60,6 +63,7 @@ def main() -> int:
     device = resolve_device(args.device)
     checkpoint = find_checkpoints(args.model)[0]
     restorer = load_restorer(checkpoint, device)
+    args.out = args.out or default_output_dir("restored")
     problems: list[str] = []
     files = expand_inputs(args.inputs, problems)
     try:
@@ -97,7 +101,11 @@ def main() -> int:
         except DeblurError as exc:
             problems.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
     if rows:
-        write_csv(args.out / "metrics.csv", rows, IMAGE_FIELDS)
+        mean = {"image": "mean", **{k: float(np.mean([r[k] for r in rows])) for k in IMAGE_FIELDS[2:]}}
+        write_csv(args.out / "metrics.csv", [*rows, mean], IMAGE_FIELDS)
+        if len(rows) > 1:
+            print(f"mean of {len(rows)} images: PSNR {mean['psnr_degraded']:.2f} -> {mean['psnr_restored']:.2f} dB, "
+                  f"SSIM {mean['ssim_degraded']:.4f} -> {mean['ssim_restored']:.4f}")
     for problem in problems:
         print(f"error: {problem}")
     print(f"{written} image(s) restored into {args.out}; {len(problems)} problem(s)")

@@ -12,13 +12,11 @@ PSNR, the three-panel figure per image, and compare_<image>.png with one restore
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 
-from deblur_exp.cli import default_data_dir, run_cli
-from deblur_exp.config import REPO_ROOT
+from deblur_exp.cli import default_data_dir, default_output_dir, run_cli
 from deblur_exp.data.degrade import degrade
 from deblur_exp.errors import DeblurError
 from deblur_exp.data.images import read_folder
@@ -61,7 +59,7 @@ def main() -> int:
     if args.crop_border < 0 or (args.tile is not None and args.tile < 1):
         raise DeblurError("--crop-border must be >= 0 and --tile >= 1")
     device = resolve_device(args.device)
-    out = args.out or REPO_ROOT / "outputs" / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = args.out or default_output_dir("eval")
     problems: list[str] = []
 
     checkpoints = [c for run in args.runs for c in find_checkpoints(run)]

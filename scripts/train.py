@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 import deblur_exp.config  # noqa: F401  (registers the config schemas and resolvers with Hydra)
+from deblur_exp.cli import run_hydra_cli
 from deblur_exp.runs import distributed_argv, resume_argv
 
 
@@ -26,4 +27,4 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     sys.argv = distributed_argv(resume_argv(sys.argv))
-    main()
+    run_hydra_cli(main)

@@ -64,7 +64,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
 def test_unknown_group_option_lists_the_available_ones():
     result = run_script("train.py", "model=unet")
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "Could not find 'model/unet'" in result.stderr and "dncnn" in result.stderr
+    assert "model=unet: no such option; choose from deblurcnn" in result.stderr and "dncnn" in result.stderr
 
 
 def test_default_run_beats_the_degraded_input(tmp_path):
@@ -85,4 +85,45 @@ def test_help_shows_usage_and_the_groups_to_pick_from():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("scripts/train.py: train one deblurring CNN")
     assert "model: deblurcnn, deblurcnn_res, deblursuperrescnn, dncnn, edsr, srcnn\n" in result.stdout
-    assert "experiment: seed\n" in result.stdout and "is powered by Hydra" not in result.stdout
+    assert "experiment: seed, seed_defaults, srcnn_x3\n" in result.stdout and "is powered by Hydra" not in result.stdout
+    assert "schema:" not in result.stdout  # the typed schemas are not an option to pick
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model=dncn", "model=dncn: no such option; choose from deblurcnn, deblurcnn_res, deblursuperrescnn, dncnn"),
+    ("trainer.batch_size=abc", "trainer.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("optimizer.lr=fast", "optimizer.lr=fast: Value 'fast' of type 'str' could not be converted to Float"),
+    ("model.params.featurs=32", "model.params.featurs: no such setting; did you mean `model.params.features`?"),
+    ("trainer.epoch=3", "trainer.epoch: no such setting; did you mean `trainer.epochs`?"),
+    ("+trainer.epoch=3", "trainer.epoch: no such setting; did you mean `trainer.epochs`?"),
+    ("+optimizer.lrr=1", "optimizer.lrr: no such setting; did you mean `optimizer.lr`?"),
+    ("+model.params.featurs=3", "model.params.featurs: no such setting for model=deblurcnn_res (it takes: "),
+])
+def test_every_configuration_mistake_is_one_line_with_exit_2(tmp_path, override, message):
+    result = run_script("train.py", override, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
+    assert result.stderr.count("\n") == 1 and "HYDRA_FULL_ERROR" not in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.hydra"))
+
+
+def test_hydra_full_error_still_shows_everything(tmp_path):
+    result = run_script("train.py", "model=dncn", env={"DEBLUR_OUTPUT_DIR": str(tmp_path), "HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1 and "Traceback" in result.stderr and "MissingConfigException" in result.stderr
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=-1", "data=t91 paths.data_dir=/nonexistent",
+                                      "trainer.device=cuda"])
+def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path, override):
+    result = run_script("train.py", *override.split(), env={"DEBLUR_OUTPUT_DIR": str(tmp_path),
+                                                            "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_run_ends_with_a_summary_of_gains_and_where_to_look(tmp_path):
+    result = run_script("train.py", *TINY, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    (run,) = (tmp_path / "runs").glob("*/*")
+    tail = result.stdout[result.stdout.index("run summary:"):]
+    assert "dB over the degraded input" in tail and "held_out: PSNR" in tail
+    assert f"run folder: {run}" in tail and f"tensorboard --logdir {run / 'tensorboard'}" in tail

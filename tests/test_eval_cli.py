@@ -132,7 +132,7 @@ def test_deblur_simulate_scores_and_refuses_tiny_images(trained_run, tmp_path):
     assert result.returncode == 1
     assert "tiny.png" in result.stdout and "smaller than the 11x11 minimum" in result.stdout
     rows = read_rows(out / "metrics.csv")
-    assert [r["image"] for r in rows] == ["photo.png"]
+    assert [r["image"] for r in rows] == ["photo.png", "mean"]  # the mean row closes the table
     sharp = read_image(inputs / "photo.png")
     from deblur_exp.metrics import psnr
     assert float(rows[0]["psnr_degraded"]) == pytest.approx(psnr(read_image(out / "photo_degraded.png"), sharp),
@@ -148,3 +148,16 @@ def test_deblur_never_overwrites_an_input(trained_run, tmp_path):
     result = run_script("deblur.py", "--model", str(trained_run), str(inputs), "--out", str(inputs))
     assert result.returncode == 1 and "refusing to overwrite an input" in result.stdout
     assert (inputs / "x_restored.png").read_bytes() == original
+
+
+def test_deblur_writes_to_a_fresh_default_folder_and_ends_simulate_with_the_mean(trained_run, tmp_path):
+    inputs = write_sharp_images(tmp_path / "in", names=("one", "two"))
+    result = run_script("deblur.py", "--model", str(trained_run), str(inputs), "--simulate",
+                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "outputs")})
+    assert result.returncode == 0, result.stderr
+    (out,) = (tmp_path / "outputs" / "restored").iterdir()
+    rows = read_rows(out / "metrics.csv")
+    assert [r["image"] for r in rows] == ["one.png", "two.png", "mean"]
+    mean = np.mean([float(r["psnr_restored"]) for r in rows[:2]])
+    assert float(rows[2]["psnr_restored"]) == pytest.approx(mean, abs=1e-3)
+    assert f"mean of 2 images: PSNR" in result.stdout and f"-> {mean:.2f} dB" in result.stdout

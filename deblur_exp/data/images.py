@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deblur_exp.atomic import atomic_write
 from deblur_exp.errors import DeblurError
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,8 @@ def write_image(path: str | Path, rgb: np.ndarray) -> None:
     ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:
         raise DeblurError(f"{path}: cannot encode image as {path.suffix}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    encoded.tofile(tmp)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        f.write(encoded.tobytes())
 
 
 def scan_folder(folder: Path) -> tuple[list[Path], list[str]]:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from deblur_exp.atomic import WriteFailed, atomic_write
 from deblur_exp.config import DataConfig, DegradationConfig
 from deblur_exp.data.degrade import degrade, sharp_for
 from deblur_exp.data.images import Image
@@ -94,14 +94,11 @@ def _load_cache(path: Path) -> PatchSet | None:
 
 def _save_cache(path: Path, patches: PatchSet) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, sharp=patches.sharp, degraded=patches.degraded, image_index=patches.image_index,
                      image_names=np.array(patches.image_names))
-        tmp.replace(path)
-    except OSError as exc:  # a read-only cache folder only costs time
-        log.warning("could not write patch cache %s (%s)", path, exc)
+    except WriteFailed as exc:  # a read-only or full cache folder only costs time; nothing half-written is left
+        log.warning("patch cache not saved: %s", exc)
 
 
 def load_patches(data: DataConfig, spec: DegradationConfig, cache_dir: str | Path | None) -> PatchSet:

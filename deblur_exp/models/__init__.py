@@ -55,20 +55,26 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
+def _builder(name: str) -> Callable[..., nn.Module]:
+    _discover()
+    if name.lower() not in _REGISTRY:
+        raise DeblurError(f"model.name: unknown model '{name}'; known models: {', '.join(list_models())}")
+    return _REGISTRY[name.lower()]
+
+
+def model_parameters(name: str) -> list[str]:
+    """The constructor arguments (``model.params.*``) that model ``name`` takes."""
+    return list(inspect.signature(_builder(name)).parameters)
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name``; unknown names and parameters fail with what is known."""
-    _discover()
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise DeblurError(f"model.name: unknown model '{name}'; known models: {', '.join(list_models())}")
-    builder = _REGISTRY[key]
-    accepted = inspect.signature(builder).parameters
+    accepted = model_parameters(name)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise DeblurError(
-            f"model.params.{unknown[0]}: '{key}' takes no such parameter; it takes: {', '.join(accepted) or 'none'}"
-        )
-    return builder(**kwargs)
+        raise DeblurError(f"model.params.{unknown[0]}: '{name.lower()}' takes no such parameter; it takes: "
+                          f"{', '.join(accepted) or 'none'}")
+    return _builder(name)(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
