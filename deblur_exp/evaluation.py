@@ -125,7 +125,7 @@ def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=T
     """Per-image rows for a set; images that fail are reported as problems and the rest carry on."""
     rows, problems = [], []
     images = list(images)
-    for image in tqdm(images, desc=f"eval {restorer.label}", leave=False, disable=not progress, unit="img"):
+    for image in tqdm(images, desc=f"eval {restorer.label}", leave=False, disable=bar_off(progress), unit="img"):
         try:
             row, sharp, degraded, restored = score_image(restorer, image.rgb, device, grey=image.grey, **options)
         except DeblurError as exc:
@@ -135,6 +135,12 @@ def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=T
         if on_image is not None:
             on_image(image, sharp, degraded, restored, row)
     return rows, problems
+
+
+def bar_off(wanted: bool) -> bool | None:
+    """tqdm's ``disable``: no bar when not wanted; otherwise None, which shows a bar on a terminal only, so logs
+    and pipes get the one line per epoch or image instead of a flood of carriage-return updates."""
+    return None if wanted else True
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from deblur_exp.data.degrade import degrade, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import load_restorer, markdown_table, run_checkpoint, score_pair, write_csv, write_text
+from deblur_exp.evaluation import bar_off, load_restorer, markdown_table, run_checkpoint, score_pair, write_csv, write_text
 from deblur_exp.figures import detail_box, learning_curves, zoomed_comparison
 from deblur_exp.restore import restore_image
 
@@ -106,7 +106,7 @@ def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_cr
     if len(degradations) > 1:
         raise DeblurError("the runs use different degradations; report them separately (one report per "
                           "degradation, so the degraded-input row holds for every run)")
-    for run in tqdm(runs, desc="scoring runs", unit="run", disable=not progress):
+    for run in tqdm(runs, desc="scoring runs", unit="run", disable=bar_off(progress)):
         restorer = load_restorer(run_checkpoint(run.folder), device, label=run.arch)
         for set_name, images in sets.items():
             rows = {p: [] for p in PROTOCOLS}

@@ -31,7 +31,7 @@ from deblur_exp.config import check_config, parse_duration
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import (IMAGE_FIELDS, eval_image_sets, evaluate_set, load_restorer, summarize,
+from deblur_exp.evaluation import (IMAGE_FIELDS, bar_off, eval_image_sets, evaluate_set, load_restorer, summarize,
                                    write_csv, write_json)
 from deblur_exp.figures import learning_curves, three_panel
 from deblur_exp.metrics import batch_psnr
@@ -325,7 +325,7 @@ def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, aut
     seen, done = (partial["seen"], partial["step"]) if partial else (0, 0)
     total = min(math.ceil(len(order) / t.batch_size), t.limit_train_batches or math.inf)
     bar = tqdm(train_set.batches(t.batch_size, order, t.limit_train_batches, channels_last), total=total,
-               desc=f"epoch {epoch}/{t.epochs}", leave=False, disable=not t.progress, unit="batch")
+               desc=f"epoch {epoch}/{t.epochs}", leave=False, disable=bar_off(t.progress), unit="batch")
     for step, (degraded, sharp) in enumerate(bar, start=1):
         if step <= done:  # already trained before an interruption
             continue

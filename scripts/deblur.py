@@ -22,7 +22,7 @@ from tqdm import tqdm
 from deblur_exp.cli import default_output_dir, run_cli
 from deblur_exp.data.images import read_image, scan_folder, write_image
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import IMAGE_FIELDS, find_checkpoints, load_restorer, score_image, write_csv
+from deblur_exp.evaluation import IMAGE_FIELDS, bar_off, find_checkpoints, load_restorer, score_image, write_csv
 from deblur_exp.figures import before_after, three_panel
 from deblur_exp.restore import restore_photo, to_uint8
 from deblur_exp.training import resolve_device
@@ -72,7 +72,7 @@ def main() -> int:
         raise DeblurError(f"--out: cannot create {args.out} ({exc.strerror or exc})") from None
     inputs = {f.resolve() for f in files}
     rows, used_names, written = [], set(), 0
-    for path in tqdm(files, desc="deblur", unit="img", disable=len(files) < 2):
+    for path in tqdm(files, desc="deblur", unit="img", disable=bar_off(len(files) > 1)):
         stem = path.stem
         while stem in used_names:  # two inputs with the same name from different folders
             stem += "_"
@@ -90,8 +90,8 @@ def main() -> int:
                 three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores["psnr_degraded"],
                             scores["psnr_restored"], path.name)
                 rows.append({"image": path.name, **scores})
-                print(f"{path.name}: PSNR {scores['psnr_degraded']:.2f} -> {scores['psnr_restored']:.2f} dB, "
-                      f"SSIM {scores['ssim_degraded']:.4f} -> {scores['ssim_restored']:.4f}")
+                tqdm.write(f"{path.name}: PSNR {scores['psnr_degraded']:.2f} -> {scores['psnr_restored']:.2f} dB, "
+                           f"SSIM {scores['ssim_degraded']:.4f} -> {scores['ssim_restored']:.4f}")
             else:
                 restored = restore_photo(restorer.model, restorer.color, image, device, args.tile,
                                          args.tile_overlap, args.self_ensemble)

@@ -127,3 +127,9 @@ def test_a_run_ends_with_a_summary_of_gains_and_where_to_look(tmp_path):
     tail = result.stdout[result.stdout.index("run summary:"):]
     assert "dB over the degraded input" in tail and "held_out: PSNR" in tail
     assert f"run folder: {run}" in tail and f"tensorboard --logdir {run / 'tensorboard'}" in tail
+
+
+def test_no_progress_bar_floods_a_log_when_output_is_not_a_terminal(tmp_path):
+    result = run_script("train.py", *TINY, "trainer.progress=true", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr and "epoch 2/2" in result.stdout

@@ -160,4 +160,4 @@ def test_deblur_writes_to_a_fresh_default_folder_and_ends_simulate_with_the_mean
     assert [r["image"] for r in rows] == ["one.png", "two.png", "mean"]
     mean = np.mean([float(r["psnr_restored"]) for r in rows[:2]])
     assert float(rows[2]["psnr_restored"]) == pytest.approx(mean, abs=1e-3)
-    assert f"mean of 2 images: PSNR" in result.stdout and f"-> {mean:.2f} dB" in result.stdout
+    assert "mean of 2 images: PSNR" in result.stdout and f"-> {mean:.2f} dB" in result.stdout
