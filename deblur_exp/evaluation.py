@@ -108,16 +108,18 @@ def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_o
                           f"crop_border={crop_border})")
     degraded = degrade(sharp, restorer.degradation)
     restored = restore_image(restorer.model, degraded, device, tile, tile_overlap, self_ensemble)
-    row = {"size": f"{width}x{height}", **score_pair(sharp, degraded, restored, y_channel, crop_border)}
+    row = {"size": f"{width}x{height}", **score_pair(sharp, degraded, restored, y_channel, crop_border, device)}
     return row, sharp, degraded, restored
 
 
 def score_pair(sharp: np.ndarray, degraded: np.ndarray, restored: np.ndarray, y_channel=False,
-               crop_border=0) -> dict[str, float]:
-    """PSNR and SSIM of the degraded input and of the restored output, both against ``sharp``."""
+               crop_border=0, device="cpu") -> dict[str, float]:
+    """PSNR and SSIM of the degraded input and of the restored output, both against ``sharp`` (SSIM on
+    ``device``, where the model runs)."""
     options = {"y_channel": y_channel, "crop_border": crop_border}
     return {"psnr_degraded": psnr(degraded, sharp, **options), "psnr_restored": psnr(restored, sharp, **options),
-            "ssim_degraded": ssim(degraded, sharp, **options), "ssim_restored": ssim(restored, sharp, **options)}
+            "ssim_degraded": ssim(degraded, sharp, **options, device=device),
+            "ssim_restored": ssim(restored, sharp, **options, device=device)}
 
 
 def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=True, on_image=None,

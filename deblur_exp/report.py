@@ -116,7 +116,7 @@ def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_cr
                 restored = restore_image(restorer.model, degraded, device)
                 for protocol in PROTOCOLS:
                     options = {"y_channel": True, "crop_border": y_crop} if protocol == "y" else {}
-                    rows[protocol].append(score_pair(sharp, degraded, restored, **options))
+                    rows[protocol].append(score_pair(sharp, degraded, restored, **options, device=device))
                 if image.name == compare and run.compare is None:
                     run.compare, run.compare_psnr = restored, rows["rgb"][-1]["psnr_restored"]
                     baseline.setdefault("compare", {"image": sharp, "degraded": degraded,

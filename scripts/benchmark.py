@@ -7,7 +7,8 @@
 2. training samples/s per model: the project's training loop (data, step, bookkeeping) vs an isolated
    forward+backward+optimizer step on random tensors (the ceiling), in NCHW and channels_last;
 3. T91 patch preparation, cold (no cache) and warm (cache hit), when T91 is under the data directory;
-4. whole-image inference on Set14 (images/s, peak memory) and one 4000x3000 image, tiled (time, peak RSS);
+4. whole-image inference on Set14 (images/s, peak memory), Set14 evaluation with torch vs scikit-image SSIM
+   (images/s), and one 4000x3000 image, tiled (time, peak RSS);
 5. the five-model experiment=seed sweep itself (on CUDA by default): the real `train.py -m` with the joblib
    launcher, all models side by side, for a few epochs; its measured wall time plus the remaining epochs at the
    slowest job's steady epoch time projects the full 202-epoch sweep.
@@ -233,6 +234,43 @@ def bench_inference(name: str, device: torch.device, what: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def bench_scoring(name: str, device: torch.device, folder: Path) -> dict:
+    """Whole-image evaluation as training ends it (degrade, restore, PSNR + SSIM of degraded and restored), Set14
+    images/s: SSIM with torch on ``device`` (the project) vs scikit-image on the CPU (the previous path)."""
+    from skimage.metrics import structural_similarity
+
+    from deblur_exp.config import DegradationConfig
+    from deblur_exp.data.degrade import degrade
+    from deblur_exp.data.images import read_folder
+    from deblur_exp.evaluation import score_pair
+    from deblur_exp.metrics import psnr, to_float64
+    from deblur_exp.restore import restore_image
+
+    images = [im.rgb for im in read_folder(folder)[0]]
+    model = build_model(name).to(device).eval()
+    spec = DegradationConfig(name="gauss_down3")
+
+    def skimage_pair(sharp, degraded, restored):
+        ssim = [structural_similarity(to_float64(x), to_float64(sharp), data_range=1.0, channel_axis=2,
+                                      gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                for x in (degraded, restored)]
+        return [psnr(degraded, sharp), psnr(restored, sharp), *ssim]
+
+    def timed(score) -> float:
+        started = time.perf_counter()
+        for sharp in images:
+            degraded = degrade(sharp, spec)
+            score(sharp, degraded, restore_image(model, degraded, device))
+        sync(device)
+        return len(images) / (time.perf_counter() - started)
+
+    timed(lambda s, d, r: score_pair(s, d, r, device=device))  # warm-up
+    project = timed(lambda s, d, r: score_pair(s, d, r, device=device))
+    reference = timed(skimage_pair)
+    return {"model": name, "images": len(images), "images_per_s": project, "skimage_images_per_s": reference,
+            "speedup": project / reference}
+
+
 # ------------------------------------------------------------------------------------------ 5. seed sweep
 # What makes the sweep fast on one GPU (README, Performance): jobs side by side, CUDA graphs, fused Adam.
 SWEEP_KNOBS = {"cuda": ["trainer.compile=true", "trainer.compile_mode=reduce-overhead", "optimizer.fused=true"],
@@ -307,7 +345,7 @@ def main() -> int:
     p.add_argument("--data-patches", type=int, default=1500, help="patches in the data-path comparison")
     p.add_argument("--large-model", default="srcnn", help="model for the 4000x3000 tiled restoration")
     p.add_argument("--skip", nargs="*", default=[],
-                   choices=["data", "training", "patches", "inference", "large", "sweep"])
+                   choices=["data", "training", "patches", "inference", "scoring", "large", "sweep"])
     p.add_argument("--sweep-epochs", type=int, default=None,
                    help="epochs of the parallel experiment=seed sweep (default: 4 on CUDA, 0 = skipped on CPU, "
                         "where one seed epoch takes minutes)")
@@ -352,6 +390,11 @@ def main() -> int:
         result = (bench_inference(args.models[0], device, str(set14)) if set14.is_dir()
                   else {"skipped": f"no Set14 at {set14}"})
         print(f"Set14 inference: {save('inference', result)}", flush=True)
+    if "scoring" not in args.skip:
+        set14 = args.data_dir / "Set14"
+        result = (bench_scoring(args.models[0], device, set14) if set14.is_dir()
+                  else {"skipped": f"no Set14 at {set14}"})
+        print(f"Set14 evaluation (degrade, restore, score): {save('scoring', result)}", flush=True)
     if "large" not in args.skip:
         print(f"4000x3000 tiled: {save('large_image', bench_inference(args.large_model, device, 'large'))}",
               flush=True)
@@ -392,6 +435,9 @@ def summary_rows(report: dict) -> list[list[str]]:
     rows += row("inference", "Set14 whole images", lambda d: f"{d['images_per_s']:.2f} images/s, peak RSS "
                 f"{d['peak_rss_mib']:,.0f} MiB" + (f", GPU {d['peak_gpu_mib']:,.0f} MiB" if "peak_gpu_mib" in d
                                                    else ""))
+    rows += row("scoring", "Set14 evaluation (degrade + restore + PSNR/SSIM)", lambda d: f"{d['images_per_s']:.2f} "
+                f"images/s with torch SSIM vs {d['skimage_images_per_s']:.2f} with scikit-image = {d['speedup']:.2f}x",
+                "GPU >= 20 images/s; CPU no slower")
     rows += row("large_image", "4000x3000, tiled",
                 lambda d: f"{d['seconds']:.1f} s, peak RSS {d['peak_rss_mib']:,.0f} MiB", "< 2 GiB")
     rows += row("seed_sweep", f"experiment=seed sweep, {SEED_EPOCHS} epochs", lambda d: f"{d['wall_s']:.0f} s for "

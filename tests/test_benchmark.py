@@ -92,3 +92,17 @@ def test_each_section_is_saved_as_soon_as_it_is_measured(tmp_path, monkeypatch):
     report = json.loads(report_path.read_text())
     assert report["data_path"]["speedup"] > 0 and report["training"]["srcnn"]["loop_samples_per_s"] > 0
     assert "patches" not in report
+
+
+def test_scoring_section_times_torch_and_scikit_image_ssim(tmp_path):
+    from tests.conftest import write_sharp_images
+
+    write_sharp_images(tmp_path / "data" / "Set14", names=("a", "b"), size=(48, 64))
+    report_path = tmp_path / "bench.json"
+    result = run_script("benchmark.py", "--models", "srcnn", "--device", "cpu", "--skip", "data", "training",
+                        "patches", "inference", "large", "sweep", "--json", str(report_path),
+                        env={"DEBLUR_DATA_DIR": str(tmp_path / "data")})
+    assert result.returncode == 0, result.stderr
+    scoring = json.loads(report_path.read_text())["scoring"]
+    assert scoring["images"] == 2 and scoring["images_per_s"] > 0 and scoring["skimage_images_per_s"] > 0
+    assert "| Set14 evaluation (degrade + restore + PSNR/SSIM) |" in result.stdout

@@ -72,3 +72,14 @@ def test_batch_psnr_is_per_image_and_capped():
     for i in (1, 2):
         expected = peak_signal_noise_ratio(sharp[i].numpy(), restored[i].clamp(0, 1).numpy(), data_range=1.0)
         assert values[i].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_ssim_on_one_channel_and_on_the_torch_device_path_equals_scikit_image(pairs):
+    sharp, degraded, noisy = pairs[1]
+    luma, luma_degraded = sharp[:, :, 1:2], degraded[:, :, 1:2]
+    expected = structural_similarity(luma[:, :, 0] / 255, luma_degraded[:, :, 0] / 255, data_range=1.0,
+                                     gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert abs(ssim(luma_degraded, luma, device="cpu") - expected) < 1e-4
+    expected = structural_similarity(sharp / 255, np.clip(noisy, 0, 1), data_range=1.0, channel_axis=2,
+                                     gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert abs(ssim(noisy, sharp, device=torch.device("cpu")) - expected) < 1e-4
