@@ -425,6 +425,15 @@ SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/psnr": "val_
            "perf/epoch_time_s": "epoch_time_s"}
 
 
+# TensorBoard's CUSTOM SCALARS tab: restored and degraded PSNR on one chart, so the moment the model beats its
+# input shows; train and validation loss on another.
+CUSTOM_SCALARS = {"restoration": {
+    "validation PSNR: restored vs degraded input (dB)": ["Multiline", ["val/psnr", "val/psnr_degraded"]],
+    "loss: train vs validation": ["Multiline", ["train/loss", "val/loss"]],
+    "learning rate": ["Multiline", ["lr"]],
+}}
+
+
 def report_epoch(row: dict, writer, epochs: int) -> None:
     """One epoch's row to TensorBoard scalars and one log line."""
     for tag, key in SCALARS.items():
@@ -550,7 +559,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
         # cuDNN's autotuner cannot run inside CUDA-graph capture ("FIND was unable to find an engine").
         torch.backends.cudnn.benchmark = False
     # null -> channels_last: faster for all five models on the 2-core CPU (up to 1.2x), and on the H200 the best
-    # format for three of five, within 4% for the others (benchmarks/*.json). true/false force a format.
+    # format for three of five, within 4% for the others (results/*.json). true/false force a format.
     channels_last = t.channels_last if t.channels_last is not None else True
     log.info("run folder: %s", run_dir)
 
@@ -600,6 +609,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
         metrics, writer = _NoWriter(), _NoWriter()
     if start_epoch == 0:
         writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```", 0)
+        writer.add_custom_scalars(CUSTOM_SCALARS)
     val_batch = t.val_batch_size or 4 * t.batch_size
     resolved_config = OmegaConf.to_yaml(cfg, resolve=True)
 

@@ -41,6 +41,8 @@ def test_tiny_run_writes_every_artefact(make_cfg, tmp_path):
     assert {"train/loss", "val/loss", "val/psnr", "lr"} <= scalars
     assert len(events.Scalars("val/psnr")) == 2
     assert events.Tags()["images"] and events.Tags()["tensors"]  # image grid and config text
+    layout = EventAccumulator(str(run_dir / "tensorboard")).Reload().PluginTagToContent("custom_scalars")
+    assert layout  # restored and degraded PSNR on one chart (CUSTOM SCALARS tab)
 
 
 def test_resume_matches_an_uninterrupted_run(make_cfg, tmp_path):
