@@ -233,3 +233,41 @@ def test_a_killed_sweep_resumes_as_a_whole(tmp_path):
     a = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(folder / "1_model=deblurcnn" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gpu_study_script_carries_a_sweep_across_leases(tmp_path):
+    """scripts/gpu_study.sh on the CPU with tiny settings: lease 1 stops every job on its time budget and packs the
+    sweep; the next lease, unpacked elsewhere, continues each job and, once all have their epochs, writes the report."""
+    import sys
+
+    set5 = REPO_ROOT.parent / "shared" / "datasets"
+    data_dir = os.environ.get("DEBLUR_DATA_DIR", str(set5))
+    overrides = ["model=srcnn,deblurcnn", *TINY, "trainer.epochs=8", "trainer.deterministic=true"]
+    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path / "o"), "DEBLUR_DATA_DIR": data_dir,
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+
+    def lease(number, minutes, sweep, out):
+        return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_study.sh"), str(number), str(minutes),
+                               str(sweep), str(out), *overrides], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    first = lease(1, 0.002, tmp_path / "a" / "study", tmp_path / "out1")  # 0.12 s per job: stops in epoch 1
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "0 of 2 jobs have trained all their epochs" in first.stdout
+    for job in (tmp_path / "a" / "study").glob("*_model=*"):
+        assert json.loads((job / "summary.json").read_text())["stopped_by"] == "max_time"
+    parts = sorted((tmp_path / "out1").glob("state.tar.gz.part-*"))
+    assert parts and not (tmp_path / "out1" / "report").exists()
+
+    (tmp_path / "b").mkdir()  # the next lease: a fresh machine with the packed state
+    unpacked = subprocess.run(f"cat {' '.join(map(str, parts))} | tar -xzf - -C {tmp_path / 'b'}", shell=True)
+    assert unpacked.returncode == 0
+    second = lease(2, 30, tmp_path / "b" / "study", tmp_path / "out2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "2 of 2 jobs have trained all their epochs" in second.stdout
+    log = (tmp_path / "out2" / "sweep_lease2.log").read_text()
+    assert log.count("continuing from") == 2 and "after epoch" in log
+    for job in (tmp_path / "b" / "study").glob("*_model=*"):
+        with open(job / "metrics.csv", newline="") as f:
+            assert [int(r["epoch"]) for r in csv.DictReader(f)][-1] == 8
+    assert (tmp_path / "out2" / "report" / "results.md").is_file()
