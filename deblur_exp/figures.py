@@ -110,21 +110,19 @@ def zoomed_comparison(path: Path, rows: list[list[tuple[str, np.ndarray]]], box:
 def learning_curves(path: Path, runs: dict[str, list[dict]], baselines: dict[str, float] | None = None,
                     title: str | None = None) -> None:
     """Validation PSNR per epoch for every run on one axes (with the degraded input's PSNR as dashed lines),
-    and train / validation loss per epoch: the seed notebook's two plots, for one run or a whole sweep.
-
-    ``runs`` maps a label to its metrics.csv rows; ``baselines`` maps a label to a degraded-input PSNR.
-    """
-    fig, (ax_psnr, ax_loss) = plt.subplots(1, 2, figsize=(13, 4.8))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    and train (solid) / validation (dashed) loss per epoch in the same colours: the seed notebook's two plots,
+    for one run or a whole sweep. ``runs`` maps a label to its metrics.csv rows; ``baselines`` a label to a
+    degraded-input PSNR. One legend, beside the plots, so that it never hides a curve."""
+    fig, (ax_psnr, ax_loss) = plt.subplots(1, 2, figsize=(14, 4.8))
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
     for i, (label, rows) in enumerate(runs.items()):
         colour = colours[i % len(colours)]
         epochs = [int(r["epoch"]) for r in rows]
         ax_psnr.plot(epochs, [float(r["val_psnr"]) for r in rows], marker="o", markersize=3, color=colour,
                      label=label)
-        ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], color=colour, marker="o", markersize=3,
-                     label=f"{label} train")
+        ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], color=colour, marker="o", markersize=3)
         ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], color=colour, linestyle="--", marker="x",
-                     markersize=3, label=f"{label} val")
+                     markersize=3)
     for i, (label, value) in enumerate((baselines or {}).items()):
         ax_psnr.axhline(value, color="grey", linestyle=(0, (4, 2 + 2 * i)), linewidth=1, label=label)
     ax_psnr.set(xlabel="epoch", ylabel="validation PSNR (dB)", title="validation PSNR (mean over patches)")
@@ -132,8 +130,7 @@ def learning_curves(path: Path, runs: dict[str, list[dict]], baselines: dict[str
     for ax in (ax_psnr, ax_loss):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    ax_psnr.legend(fontsize=7, loc="lower right")
-    ax_loss.legend(fontsize=6, loc="upper right", ncol=2)
+    fig.legend(*ax_psnr.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

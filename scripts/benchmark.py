@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from deblur_exp.atomic import WriteFailed
 from deblur_exp.cli import default_data_dir, run_cli
 from deblur_exp.config import DataConfig, DegradationConfig
 from deblur_exp.data.patches import PatchSet, load_patches
@@ -362,8 +363,8 @@ def main() -> int:
                           "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps}}
     try:  # prove the report can be written now, not after minutes of measuring
         write_json(args.json, report)
-    except OSError as exc:
-        raise DeblurError(f"--json: cannot write {args.json} ({exc.strerror or exc})") from None
+    except WriteFailed as exc:
+        raise DeblurError(f"--json: cannot write {args.json} ({str(exc).split(': ', 2)[-1]})") from None
     print(json.dumps(report["machine"]))
 
     def save(key: str, result: dict) -> dict:

@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import run_script
 
 
+@pytest.mark.slow
 def test_benchmark_writes_the_documented_report(tmp_path):
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--models", "srcnn", "edsr", "--steps", "1", "--data-patches", "60",
@@ -40,6 +41,7 @@ def run_sweep_section(tmp_path, *overrides):
     return json.loads(report_path.read_text())["seed_sweep"], result.stdout
 
 
+@pytest.mark.slow
 def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path):
     sweep, stdout = run_sweep_section(tmp_path)
     assert sorted(sweep["jobs"]) == ["edsr", "srcnn"]
@@ -51,6 +53,7 @@ def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path):
     assert "projected 202 epochs" in stdout and f"projected {sweep['projected_minutes']:.1f} min |" in stdout
 
 
+@pytest.mark.slow
 def test_sweep_section_reports_a_failed_job(tmp_path):
     sweep, stdout = run_sweep_section(tmp_path, "optimizer.lr=-1")
     assert "optimizer.lr" in sweep["failed"] and "| experiment=seed sweep, 202 epochs | failed: job" in stdout
@@ -62,6 +65,7 @@ def test_sweep_section_reports_a_failed_job(tmp_path):
     (["--steps", "0"], "error: --steps: must be at least 1 (got 0)"),
     (["--json", "/proc/no/report.json"], "error: --json: cannot write /proc/no/report.json"),
 ])
+@pytest.mark.slow
 def test_bad_flags_fail_at_once_in_one_line(args, message):
     result = run_script("benchmark.py", *args, timeout=60)
     assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
@@ -94,6 +98,7 @@ def test_each_section_is_saved_as_soon_as_it_is_measured(tmp_path, monkeypatch):
     assert "patches" not in report
 
 
+@pytest.mark.slow
 def test_scoring_section_times_torch_and_scikit_image_ssim(tmp_path):
     from tests.conftest import write_sharp_images
 

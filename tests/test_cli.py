@@ -22,6 +22,7 @@ def test_cfg_job_prints_the_composed_config():
     assert "name: dncnn" in result.stdout and "lr: 0.001" in result.stdout and "depth: 17" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_then_resume_from_the_shell(tmp_path):
     env = {"DEBLUR_OUTPUT_DIR": str(tmp_path)}
     first = run_script("train.py", *TINY, "trainer.epochs=1", "model=srcnn", env=env)
@@ -40,6 +41,7 @@ def test_train_then_resume_from_the_shell(tmp_path):
     assert "resumed from" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_their_own_folders(tmp_path):
     args = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *TINY, "trainer.epochs=1", "model=srcnn"]
     env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path)}
@@ -54,6 +56,7 @@ def test_two_runs_started_together_get_their_own_folders(tmp_path):
     (["trainer.batch_size=0"], "error: trainer.batch_size: must be a positive integer (got 0)"),
     (["model.name=unet"], "error: model.name: unknown model 'unet'; known models: deblurcnn"),
 ])
+@pytest.mark.slow
 def test_bad_input_gives_one_line_error(tmp_path, args, message):
     result = run_script("train.py", *TINY, *args, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert result.returncode == 2
@@ -67,6 +70,7 @@ def test_unknown_group_option_lists_the_available_ones():
     assert "model=unet: no such option; choose from deblurcnn" in result.stderr and "dncnn" in result.stderr
 
 
+@pytest.mark.slow
 def test_default_run_beats_the_degraded_input(tmp_path):
     """The Quick start's `python scripts/train.py`, exactly: bundled photos, default settings (~2 min on 2 cores)."""
     result = run_script("train.py", env={"DEBLUR_OUTPUT_DIR": str(tmp_path), "DEBLUR_DATA_DIR": str(tmp_path / "none")})
@@ -99,6 +103,7 @@ def test_help_shows_usage_and_the_groups_to_pick_from():
     ("+optimizer.lrr=1", "optimizer.lrr: no such setting; did you mean `optimizer.lr`?"),
     ("+model.params.featurs=3", "model.params.featurs: no such setting for model=deblurcnn_res (it takes: "),
 ])
+@pytest.mark.slow
 def test_every_configuration_mistake_is_one_line_with_exit_2(tmp_path, override, message):
     result = run_script("train.py", override, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
@@ -113,6 +118,7 @@ def test_hydra_full_error_still_shows_everything(tmp_path):
 
 @pytest.mark.parametrize("override", ["optimizer.lr=-1", "data=t91 paths.data_dir=/nonexistent",
                                       "trainer.device=cuda"])
+@pytest.mark.slow
 def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path, override):
     result = run_script("train.py", *override.split(), env={"DEBLUR_OUTPUT_DIR": str(tmp_path),
                                                             "CUDA_VISIBLE_DEVICES": ""})
@@ -120,6 +126,7 @@ def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path, override):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_a_run_ends_with_a_summary_of_gains_and_where_to_look(tmp_path):
     result = run_script("train.py", *TINY, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
@@ -129,6 +136,7 @@ def test_a_run_ends_with_a_summary_of_gains_and_where_to_look(tmp_path):
     assert f"run folder: {run}" in tail and f"tensorboard --logdir {run / 'tensorboard'}" in tail
 
 
+@pytest.mark.slow
 def test_no_progress_bar_floods_a_log_when_output_is_not_a_terminal(tmp_path):
     result = run_script("train.py", *TINY, "trainer.progress=true", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr

@@ -39,6 +39,7 @@ def test_training_ends_with_evaluation(make_cfg, tmp_path):
     assert any(tag.startswith("eval/images/") for tag in events.Tags()["images"])
 
 
+@pytest.mark.slow
 def test_evaluate_script_writes_tables_and_figures(trained_run, tmp_path):
     images = write_sharp_images(tmp_path / "mine", names=("alpha", "butterfly"))
     second = tmp_path / "second"

@@ -26,6 +26,7 @@ def tiny_sweep(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_report_tables_figures_and_scores_agree_with_the_runs(tiny_sweep, tmp_path):
     set5 = dataset("Set5")
     out = tmp_path / "report"

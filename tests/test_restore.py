@@ -41,6 +41,7 @@ def test_self_ensemble_inverts_every_transform():
     assert not np.allclose(shifted, restore_image(Shift(), IMAGE), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_large_image_tiled_stays_under_2_gib():
     """A 4000x3000 image, tiled, on CPU: peak RSS of the whole process stays below 2 GiB."""
     code = (

@@ -27,6 +27,7 @@ def summary_rows(folder):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_five_model_sweep_ends_in_a_comparison(tmp_path):
     result = run_script("train.py", "-m", f"model={FIVE}", *QUICK, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
@@ -73,6 +74,7 @@ def test_a_failing_job_is_listed_and_does_not_stop_the_others(tmp_path):
     assert "1 failed" in result.stdout
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_with_split_threads(tmp_path):
     result = run_script("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=srcnn,edsr",
                         *QUICK, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
@@ -84,6 +86,7 @@ def test_joblib_runs_jobs_in_parallel_with_split_threads(tmp_path):
         assert f"{threads} CPU threads" in (folder / job / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher(tmp_path):
     result = run_script("train.py", "-m", "hydra/launcher=submitit_local", "model=srcnn,edsr", *QUICK,
                         env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
@@ -101,6 +104,7 @@ def test_slurm_preset_composes():
         assert line in result.stdout
 
 
+@pytest.mark.slow
 def test_optuna_search_maximises_the_returned_metric(tmp_path):
     result = run_script("train.py", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=2",
                         "hydra.sweeper.params.model='choice(srcnn,edsr)'", *QUICK,
@@ -117,6 +121,7 @@ def test_optuna_search_maximises_the_returned_metric(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+@pytest.mark.slow
 def test_torchrun_two_process_gloo_run_lands_in_one_folder(tmp_path):
     env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     cmd = [shutil.which("torchrun"), "--standalone", "--nproc_per_node=2", str(REPO_ROOT / "scripts" / "train.py"),
@@ -183,6 +188,7 @@ def test_baseline_row_only_when_every_job_shares_it():
     assert shared_baseline([failed]) is None
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_as_a_whole(tmp_path):
     """Kill a sweep in its second job, re-run it with resume=auto: the finished job is skipped, the killed one
     continues from its last.pt (ending with the weights of a run that never stopped), the third starts fresh."""
@@ -235,6 +241,7 @@ def test_a_killed_sweep_resumes_as_a_whole(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_gpu_study_script_carries_a_sweep_across_leases(tmp_path):
     """scripts/gpu_study.sh on the CPU with tiny settings: lease 1 stops every job on its time budget and packs the
     sweep; the next lease, unpacked elsewhere, continues each job and, once all have their epochs, writes the report."""

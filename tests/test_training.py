@@ -96,6 +96,7 @@ def test_unwritable_output_fails_at_start(make_cfg, tmp_path):
         train(make_cfg(TINY, blocker / "run"))
 
 
+@pytest.mark.slow
 def test_seed_experiment_trains_on_t91(make_cfg, tmp_path, caplog):
     t91 = dataset("T91")
     cfg = make_cfg(["experiment=seed", "model=edsr", f"data.root={t91}", "trainer.epochs=1",
@@ -106,6 +107,7 @@ def test_seed_experiment_trains_on_t91(make_cfg, tmp_path, caplog):
     assert "19548 train / 2173 val patches of 35x35" in caplog.text
 
 
+@pytest.mark.slow
 def test_torch_compile_trains_on_cpu(make_cfg):
     assert train(make_cfg([*TINY, "model=srcnn", "trainer.compile=true", "trainer.epochs=1"])) > 0
 
