@@ -162,3 +162,31 @@ def test_deblur_writes_to_a_fresh_default_folder_and_ends_simulate_with_the_mean
     mean = np.mean([float(r["psnr_restored"]) for r in rows[:2]])
     assert float(rows[2]["psnr_restored"]) == pytest.approx(mean, abs=1e-3)
     assert "mean of 2 images: PSNR" in result.stdout and f"-> {mean:.2f} dB" in result.stdout
+
+
+def test_deblur_keeps_grey_grey_and_alpha_untouched_and_warns_on_sharp_inputs(trained_run, tmp_path):
+    import cv2
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (48, 40), dtype=np.uint8)  # noise: as sharp as an image gets
+    cv2.imwrite(str(inputs / "grey.png"), grey)
+    bgra = np.dstack([rng.integers(0, 256, (48, 40, 3), dtype=np.uint8), np.linspace(0, 255, 48 * 40).astype(
+        np.uint8).reshape(48, 40)])
+    cv2.imwrite(str(inputs / "rgba.png"), bgra)
+    out = tmp_path / "out"
+    result = run_script("deblur.py", "--model", str(trained_run), str(inputs), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    grey_out = cv2.imread(str(out / "grey_restored.png"), cv2.IMREAD_UNCHANGED)
+    rgba_out = cv2.imread(str(out / "rgba_restored.png"), cv2.IMREAD_UNCHANGED)
+    assert grey_out.shape == (48, 40) and rgba_out.shape == (48, 40, 4)
+    assert np.array_equal(rgba_out[:, :, 3], bgra[:, :, 3])  # the alpha channel, carried over untouched
+    assert "warning: grey.png looks sharper than the inputs this model was trained on" in result.stdout
+    assert "a 7x7 Gaussian blur, a x1/3 downscale (area) and upscale (linear)" in result.stdout
+
+    blurry = cv2.GaussianBlur(cv2.resize(cv2.resize(bgra[:, :, :3], (13, 16), interpolation=cv2.INTER_AREA),
+                                         (40, 48)), (7, 7), 0)
+    cv2.imwrite(str(inputs / "blurry.png"), blurry)
+    result = run_script("deblur.py", "--model", str(trained_run), str(inputs / "blurry.png"), "--out", str(out))
+    assert result.returncode == 0 and "looks sharper" not in result.stdout

@@ -105,10 +105,30 @@ def to_color(rgb: np.ndarray, color: str, grey: bool = False) -> np.ndarray:
     return np.round(rgb_to_ycbcr(rgb)[:, :, :1]).astype(np.uint8)
 
 
+def read_alpha(path: str | Path) -> np.ndarray | None:
+    """The file's alpha channel as HxW uint8, or None when it has none (read only to carry it over untouched)."""
+    pixels = cv2.imdecode(np.fromfile(Path(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.ndim != 3 or pixels.shape[2] != 4:
+        return None
+    alpha = pixels[:, :, 3]
+    return np.round(alpha / 257.0).astype(np.uint8) if alpha.dtype == np.uint16 else alpha
+
+
+def in_format_of(rgb: np.ndarray, grey: bool, alpha: np.ndarray | None) -> np.ndarray:
+    """An RGB result back in its input's format: one channel for a grey file (BT.601 luma, as OpenCV greys),
+    RGBA with the input's own alpha for a file that had one."""
+    if grey:
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
+    if alpha is not None and alpha.shape == rgb.shape[:2]:
+        return np.concatenate([rgb, alpha[:, :, None]], axis=2)
+    return rgb
+
+
 def write_image(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an RGB (or single-channel) uint8 image atomically (temp file + rename), never half-written."""
+    """Write an RGB, RGBA or single-channel uint8 image atomically (temp file + rename), never half-written."""
     path = Path(path)
-    ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    order = [2, 1, 0, 3][:rgb.shape[2]] if rgb.ndim == 3 and rgb.shape[2] in (3, 4) else [0]
+    ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(rgb[:, :, order]))
     if not ok:
         raise DeblurError(f"{path}: cannot encode image as {path.suffix}")
     with atomic_write(path) as f:
