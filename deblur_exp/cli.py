@@ -26,6 +26,21 @@ def default_output_dir(kind: str) -> Path:
     return root / kind / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def read_image_sets(names: list[str], data_dir: Path) -> tuple[dict, list[str]]:
+    """``--sets NAME ...``: the image folders under ``data_dir`` by name, and the files in them that could not be
+    used; a missing folder is an error naming the flag and where to point it."""
+    from deblur_exp.data.images import read_folder
+
+    sets, problems = {}, []
+    for name in names:
+        folder = data_dir / name
+        if not folder.is_dir():
+            raise DeblurError(f"--sets {name}: no folder {folder}; set --data-dir or DEBLUR_DATA_DIR")
+        sets[name], bad = read_folder(folder)
+        problems += bad
+    return sets, problems
+
+
 def run_cli(main: Callable[[], int]) -> None:
     """Run ``main``; a DeblurError becomes ``error: <message>`` and exit status 2, never a traceback."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s", datefmt="%H:%M:%S")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deblur_exp.cli import default_data_dir, default_output_dir, run_cli
+from deblur_exp.cli import default_data_dir, default_output_dir, read_image_sets, run_cli
 from deblur_exp.data.degrade import degrade
 from deblur_exp.errors import DeblurError
 from deblur_exp.data.images import read_folder
@@ -73,13 +73,8 @@ def main() -> int:
         raise DeblurError("no usable checkpoint: " + "; ".join(problems))
     unique_labels(restorers)
 
-    sets = {}
-    for name in args.sets:
-        folder = args.data_dir / name
-        if not folder.is_dir():
-            raise DeblurError(f"--sets {name}: no folder {folder}; set --data-dir or DEBLUR_DATA_DIR")
-        sets[name], bad = read_folder(folder)
-        problems += bad
+    sets, bad = read_image_sets(args.sets, args.data_dir)
+    problems += bad
     if args.images:
         if not args.images.is_dir():
             raise DeblurError(f"--images: {args.images} is not a folder")

@@ -15,8 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from deblur_exp.cli import default_data_dir, run_cli
-from deblur_exp.data.images import read_folder
+from deblur_exp.cli import default_data_dir, read_image_sets, run_cli
 from deblur_exp.errors import DeblurError
 from deblur_exp.report import find_runs, load_run, score_runs, write_figures, write_report
 from deblur_exp.training import resolve_device
@@ -39,13 +38,7 @@ def main() -> int:
     if args.y_crop < 0:
         raise DeblurError("--y-crop must be >= 0")
     device = resolve_device(args.device)
-    sets, problems = {}, []
-    for name in args.sets:
-        folder = args.data_dir / name
-        if not folder.is_dir():
-            raise DeblurError(f"--sets {name}: no folder {folder}; set --data-dir or DEBLUR_DATA_DIR")
-        sets[name], bad = read_folder(folder)
-        problems += bad
+    sets, problems = read_image_sets(args.sets, args.data_dir)
     runs = [load_run(folder) for folder in find_runs(args.runs)]
     runs.sort(key=lambda r: r.recipe)
     baseline = score_runs(runs, sets, device, args.y_crop, args.compare)
