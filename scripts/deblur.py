@@ -68,7 +68,10 @@ def sharpness_warning(image, restorer, name: str) -> str | None:
     from deblur_exp.metrics import psnr
 
     seen = sharp_for(image, restorer.color, restorer.degradation)
-    change = psnr(degrade(seen, restorer.degradation), seen)
+    try:
+        change = psnr(degrade(seen, restorer.degradation), seen)
+    except DeblurError:  # too small to degrade (a 1-pixel line): nothing to judge, restore it as it is
+        return None
     if change >= SHARP_INPUT_DB:
         return None
     return (f"warning: {name} looks sharper than the inputs this model was trained on (re-degrading it changes it by "
