@@ -671,6 +671,11 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
 
     log.info("done: best val PSNR %.3f dB at epoch %d; checkpoints in %s", best_psnr, best_epoch,
              run_dir / "checkpoints")
+    if dist.world > 1:  # training is over on every rank: leave the group together, before rank 0 evaluates alone
+        import torch.distributed as torch_distributed
+
+        torch_distributed.barrier()
+        torch_distributed.destroy_process_group()  # a rank exiting with Gloo threads alive can abort at shutdown
     if not dist.is_main:
         return best_psnr
     eval_summary = {}
