@@ -79,9 +79,11 @@ class Distributed:
         """True when ``flag`` is true on any process, so that every rank takes the same decision."""
         if self.world == 1:
             return flag
-        return bool(self.all_sum(torch.tensor([float(flag)], device=self.device_for_sum))[0] > 0)
+        import torch.distributed as torch_distributed
 
-    device_for_sum = torch.device("cpu")  # NCCL sums CUDA tensors: set to the rank's GPU by init_distributed
+        # NCCL sums CUDA tensors (on this rank's GPU), Gloo CPU ones.
+        device = "cuda" if torch_distributed.get_backend() == "nccl" else "cpu"
+        return bool(self.all_sum(torch.tensor([float(flag)], device=device))[0] > 0)
 
     def shard(self, order: torch.Tensor) -> torch.Tensor:
         """This rank's disjoint share of an epoch's order; equal sizes, so every rank takes as many steps."""
@@ -101,9 +103,7 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    dist_info = Distributed(dist.get_rank(), world)
-    dist_info.device_for_sum = device if device.type == "cuda" else torch.device("cpu")
-    return dist_info, device
+    return Distributed(dist.get_rank(), world), device
 
 
 class _NoWriter:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from deblur_exp.cli import default_data_dir, run_cli
-from deblur_exp.data.images import read_folder
+from deblur_exp.cli import default_data_dir, read_image_sets, run_cli
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import evaluate_set, load_restorer, markdown_table, run_checkpoint, summarize
 from deblur_exp.pretrained import FOLDER, PREFIX, export
@@ -34,11 +33,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    sets = {}
-    for name in SETS:
-        if not (args.data_dir / name).is_dir():
-            raise DeblurError(f"{args.data_dir / name}: missing; the exported models are scored on {', '.join(SETS)}")
-        sets[name], _ = read_folder(args.data_dir / name)
+    sets, _ = read_image_sets(list(SETS), args.data_dir)
     runs = [load_run(folder) for folder in args.runs]
     archs = [r.arch for r in runs]
     if len(set(archs)) != len(archs):
