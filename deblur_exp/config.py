@@ -143,7 +143,7 @@ class PlateauConfig(SchedulerConfig):
 
 @dataclass
 class CosineConfig(SchedulerConfig):
-    T_max: int = MISSING
+    warmup: float = 0.0
     eta_min: float = 0.0
 
 
@@ -208,6 +208,7 @@ class TrainConfig:
     paths: PathsConfig = MISSING
     eval: EvalConfig = MISSING
     resume: Optional[str] = None
+    objective: str = "val_psnr"
 
 
 def register_configs() -> None:
@@ -238,7 +239,6 @@ CHOICES = {
     "data.split": ("patch", "image"),
     "degradation.apply_to": ("patch", "image"),
     "data.color": ("rgb", "y"),
-    "trainer.loss": ("mse", "l1"),
     "trainer.precision": ("32", "bf16", "fp16"),
     "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
@@ -327,9 +327,11 @@ def check_config(cfg: DictConfig) -> None:
         if not ok:
             raise DeblurError(f"{key}: {message} (got {OmegaConf.select(cfg, key)!r})")
 
-    from deblur_exp.data.degrade import RESIZERS  # the resizers' own table is the list of choices
+    from deblur_exp.data.degrade import RESIZERS  # the resizers' and losses' own tables are the lists of choices
+    from deblur_exp.losses import LOSSES
 
-    choices = {**CHOICES, "degradation.down_interp": tuple(RESIZERS), "degradation.up_interp": tuple(RESIZERS)}
+    choices = {**CHOICES, "degradation.down_interp": tuple(RESIZERS), "degradation.up_interp": tuple(RESIZERS),
+               "trainer.loss": tuple(LOSSES)}
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         need(str(value) in allowed, key, f"must be one of {', '.join(allowed)}")
@@ -365,3 +367,17 @@ def check_config(cfg: DictConfig) -> None:
     need(cfg.eval.crop_border >= 0, "eval.crop_border", "must be >= 0")
     need(cfg.eval.tile is None or cfg.eval.tile > 0, "eval.tile", "must be positive or null (one pass)")
     need(cfg.eval.tile_overlap >= 0, "eval.tile_overlap", "must be >= 0")
+    check_objective(cfg)
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """``objective`` (what train.py returns to a sweeper) must be a value the run will produce."""
+    objective, e = cfg.objective, cfg.eval
+    if objective == "val_psnr":
+        return
+    scored = [*e.sets, *(["images"] if e.images else []),
+              *(["held_out"] if e.held_out and cfg.data.split == "image" else [])]
+    if not e.enabled or objective not in scored:
+        raise DeblurError(f"objective={objective}: not scored by this run; choose val_psnr or a set that eval "
+                          f"scores ({', '.join(scored) if e.enabled and scored else 'none: set eval.enabled=true'};"
+                          f" held_out needs data.split=image and eval.held_out=true)")

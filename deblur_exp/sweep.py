@@ -57,7 +57,7 @@ def apply_job_resources(cfg: DictConfig) -> None:
 
 
 def run_job(cfg: DictConfig) -> float:
-    """Train, returning the best validation PSNR; see the module docstring for multirun behaviour."""
+    """Train, returning the run's objective; see the module docstring for multirun behaviour."""
     from deblur_exp.training import TrainingInterrupted, train
 
     multirun = is_multirun()
@@ -125,11 +125,17 @@ def job_row(job_dir: Path) -> dict:
     return row
 
 
-def collect(sweep_dir: Path) -> list[dict]:
-    """One row per job folder, best main metric (val PSNR) first, failed jobs last."""
+def objective_column(objective: str) -> str:
+    """The summary column holding a run's ``objective``: best_val_psnr, or <eval set>_psnr."""
+    return "best_val_psnr" if objective == "val_psnr" else f"{objective}_psnr"
+
+
+def collect(sweep_dir: Path, objective: str = "val_psnr") -> list[dict]:
+    """One row per job folder, best objective (what the sweeper maximised) first, failed jobs last."""
     jobs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file())
     rows = [job_row(j) for j in jobs]
-    return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get("best_val_psnr") or -math.inf)))
+    column = objective_column(objective)
+    return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get(column) or -math.inf)))
 
 
 def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
@@ -174,7 +180,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = collect(sweep_dir)
+        rows = collect(sweep_dir, config.get("objective", "val_psnr"))
         table = write_summary(sweep_dir, rows)
         failed = sum(r["status"] != "ok" for r in rows)
         print(f"\nsweep summary ({len(rows)} jobs, {failed} failed): {sweep_dir / 'summary.md'}\n{table}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import math
 import os
@@ -20,7 +21,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -34,14 +34,15 @@ from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import (IMAGE_FIELDS, bar_off, eval_image_sets, evaluate_set, load_restorer, summarize,
                                    write_csv, write_json)
 from deblur_exp.figures import learning_curves, three_panel
+from deblur_exp.losses import LOSSES
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
 from deblur_exp.restore import to_uint8
 from deblur_exp.runs import auto_resume
+from deblur_exp.schedules import WarmupCosine
 
 log = logging.getLogger("deblur_exp")
 
-LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 METRIC_FIELDS = ["epoch", "train_loss", "val_loss", "val_psnr", "val_psnr_degraded", "lr", "epoch_time_s",
                  "samples_per_s"]
 
@@ -295,6 +296,10 @@ class TimeBudget:
     def expired(self) -> bool:
         return self.seconds is not None and self.spent() >= self.seconds
 
+    def fraction(self) -> float:
+        """Share of the budget spent (0 without a budget)."""
+        return self.spent() / self.seconds if self.seconds else 0.0
+
 
 class TrainingInterrupted(DeblurError):
     """Raised after a clean stop on SIGINT/SIGTERM; ``exit_code`` is 130 or 143 as a shell expects."""
@@ -306,8 +311,8 @@ class TrainingInterrupted(DeblurError):
 
 def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, autocast, scaler, channels_last,
                 stop: StopFlag | None = None, partial: dict | None = None, dist: Distributed = Distributed(),
-                budget: TimeBudget | None = None):
-    """One pass over the shuffled training patches.
+                budget: TimeBudget | None = None, on_step=None):
+    """One pass over the shuffled training patches; ``on_step(step, total)`` runs before each optimizer step.
 
     Returns (mean loss per sample, samples seen, None), or, when ``stop`` is raised mid-epoch,
     (None, samples seen, progress) where progress lets a later call (``partial=progress``) finish this epoch
@@ -329,6 +334,8 @@ def train_epoch(model, train_set, optimizer, loss_fn, cfg, epoch, generator, aut
     for step, (degraded, sharp) in enumerate(bar, start=1):
         if step <= done:  # already trained before an interruption
             continue
+        if on_step is not None:
+            on_step(step, total)
         with autocast():
             loss = loss_fn(model(degraded), sharp)
         optimizer.zero_grad(set_to_none=True)
@@ -490,12 +497,21 @@ def make_scheduler(cfg: DictConfig, optimizer):
 
 
 def step_scheduler(scheduler, val_loss: float) -> None:
-    if scheduler is None:
+    """Once per epoch, after validation. (WarmupCosine follows the run's progress after every step instead.)"""
+    if scheduler is None or isinstance(scheduler, WarmupCosine):
         return
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(val_loss)
     else:
         scheduler.step()
+
+
+def schedule_hook(scheduler, epoch: int, epochs: int, budget: TimeBudget):
+    """For WarmupCosine, the per-step callback that tells it the share of the run done: of the epochs or of
+    trainer.max_time, whichever is further along. None for the schedulers stepped once per epoch."""
+    if not isinstance(scheduler, WarmupCosine):
+        return None
+    return lambda step, total: scheduler.set_progress(max((epoch - 1 + step / total) / epochs, budget.fraction()))
 
 
 def prepare_data(cfg: DictConfig, data_cfg, device: torch.device, dist: Distributed):
@@ -528,7 +544,7 @@ def train(cfg: DictConfig) -> float:
         decision = auto_resume(Path(cfg.paths.run_dir), t.epochs, parse_duration(t.max_time))
         log.info("resume=auto: %s: %s", cfg.paths.run_dir, decision.reason)
         if decision.action == "skip":
-            return decision.best_psnr
+            return finished_objective(cfg, decision.best_psnr)
         cfg.resume = str(cfg.paths.run_dir) if decision.action == "resume" else None
     run_dir = Path(cfg.resume or cfg.paths.run_dir).expanduser().resolve()
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: ranks other than 0 write nothing
@@ -545,6 +561,14 @@ def train(cfg: DictConfig) -> float:
     finally:
         logging.getLogger("deblur_exp").removeHandler(handler)
         handler.close()
+
+
+def finished_objective(cfg: DictConfig, best_psnr: float) -> float:
+    """The objective of a run that resume=auto found finished: its best val PSNR or its eval set's PSNR."""
+    if cfg.objective == "val_psnr":
+        return best_psnr
+    summary = json.loads((Path(cfg.paths.run_dir) / "summary.json").read_text())
+    return summary["eval"][cfg.objective]["psnr_restored"]
 
 
 def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
@@ -634,7 +658,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
             started = time.perf_counter()
             train_loss, seen, progress = train_epoch(forward_model, train_set, optimizer, loss_fn, cfg, epoch,
                                                      generator, autocast, scaler, channels_last, stop, partial, dist,
-                                                     budget)
+                                                     budget, schedule_hook(scheduler, epoch, t.epochs, budget))
             partial = None
             if progress is not None:  # SIGINT/SIGTERM mid-epoch: save where we are, then stop
                 save_checkpoint(last_path, {**checkpoint_state(epoch - 1), "partial_epoch": progress},
@@ -685,7 +709,7 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     write_run_summary(cfg, run_dir, writer, count_parameters(model), best_psnr, best_epoch, eval_summary,
                       stopped_by, device)
     writer.close()
-    return best_psnr
+    return best_psnr if cfg.objective == "val_psnr" else eval_summary[cfg.objective]["psnr_restored"]
 
 
 def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: float, best_epoch: int,

@@ -19,7 +19,7 @@ from deblur_exp.runs import distributed_argv, resume_argv
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Returns the best validation PSNR, the objective that sweepers (Optuna) maximise."""
+    """Returns the run's `objective` (the best validation PSNR by default), the value sweepers (Optuna) maximise."""
     from deblur_exp.sweep import run_job
 
     return run_job(cfg)

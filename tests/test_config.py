@@ -40,6 +40,8 @@ def test_seed_experiment_settings(make_cfg):
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 5e-4
     assert cfg.scheduler._target_.endswith("ReduceLROnPlateau")
     assert (cfg.scheduler.patience, cfg.scheduler.factor) == (5, 0.5)
+    assert (list(cfg.optimizer.betas), cfg.optimizer.weight_decay, cfg.data.val_fraction) == ([0.9, 0.999], 0.0, 0.1)
+    assert (cfg.degradation.down_interp, cfg.degradation.up_interp, cfg.degradation.blur_sigma) == ("area", "linear", 0)
 
 
 def test_shell_style_overrides(make_cfg):

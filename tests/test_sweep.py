@@ -120,6 +120,28 @@ def test_optuna_search_maximises_the_returned_metric(tmp_path):
     assert best_value == pytest.approx(max(float(r["best_val_psnr"]) for r in rows), abs=1e-4)  # csv: 4 decimals
 
 
+def test_the_recipe_search_scores_held_out_images_and_never_the_test_sets(make_cfg):
+    from deblur_exp.config import check_config
+
+    cfg = make_cfg(["hparams_search=recipe_cpu"])
+    assert (cfg.objective, cfg.data.split, list(cfg.eval.sets), cfg.eval.held_out) == ("held_out", "image", [], True)
+    assert cfg.trainer.max_time is not None and cfg.data.name == "t91"
+    check_config(cfg)
+
+
+@pytest.mark.slow
+def test_the_recipe_search_maximises_the_held_out_psnr(tmp_path):
+    result = run_script("train.py", "hparams_search=recipe_cpu", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+                        "model=srcnn", "trainer.max_time=null", *QUICK, env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    folder = sweep_dir(tmp_path)
+    rows = summary_rows(folder)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    best_value = float((folder / "optimization_results.yaml").read_text().split("best_value:")[1].split()[0])
+    assert best_value == pytest.approx(max(float(r["held_out_psnr"]) for r in rows), abs=1e-4)  # csv: 4 decimals
+    assert float(rows[0]["held_out_psnr"]) == max(float(r["held_out_psnr"]) for r in rows)  # the objective first
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 @pytest.mark.slow
 def test_torchrun_two_process_gloo_run_lands_in_one_folder(tmp_path):

@@ -276,3 +276,21 @@ def test_a_luma_model_trains_scores_and_restores_rgb_photos(make_cfg, tmp_path):
 def test_model_channels_must_match_the_data_colour(make_cfg):
     with pytest.raises(DeblurError, match="model.params.channels: must be 1 for data.color=y"):
         train(make_cfg([*TINY, "data.color=y"]))
+
+
+def test_objective_held_out_returns_the_whole_image_psnr_of_the_held_out_images(make_cfg, tmp_path):
+    import json
+
+    run_dir = tmp_path / "run"
+    value = train(make_cfg([*TINY, "trainer.epochs=1", "objective=held_out"], run_dir))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert value == summary["eval"]["held_out"]["psnr_restored"] and value != summary["best_val_psnr"]
+
+
+@pytest.mark.parametrize("overrides", [["objective=Set5"], ["objective=held_out", "eval.enabled=false"],
+                                       ["objective=held_out", "data.split=patch"], ["objective=psnr"]])
+def test_an_objective_the_run_does_not_score_is_refused_before_training(make_cfg, overrides):
+    from deblur_exp.config import check_config
+
+    with pytest.raises(DeblurError, match=f"^{overrides[0]}: not scored by this run; choose val_psnr or"):
+        check_config(make_cfg([*TINY, *overrides]))

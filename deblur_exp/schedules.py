@@ -1,0 +1,41 @@
+"""Learning-rate schedules that follow the share of the run done, stepped after every optimizer step.
+
+A run ends after ``trainer.epochs`` or when ``trainer.max_time`` runs out, whichever comes first, so its length in
+steps is not known in advance; torch's schedulers count epochs or steps. ``WarmupCosine`` is told the fraction of
+the run done (the larger of the epoch fraction and the time-budget fraction) and sets the learning rate from it,
+so a 10-minute run anneals to ``eta_min`` at 10 minutes whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class WarmupCosine:
+    """Linear warm-up from 0 over the first ``warmup`` share of the run, then half a cosine down to ``eta_min``."""
+
+    def __init__(self, optimizer, warmup: float = 0.0, eta_min: float = 0.0):
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"scheduler.warmup must lie in [0, 1), a share of the run (got {warmup})")
+        self.optimizer, self.warmup, self.eta_min = optimizer, warmup, eta_min
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.set_progress(0.0)
+
+    def lr_at(self, base_lr: float, progress: float) -> float:
+        if progress < self.warmup:
+            return base_lr * progress / self.warmup
+        annealed = (progress - self.warmup) / (1.0 - self.warmup)
+        return self.eta_min + (base_lr - self.eta_min) * (1.0 + math.cos(math.pi * annealed)) / 2.0
+
+    def set_progress(self, progress: float) -> None:
+        """``progress``: the share of the run done once the coming step ends, clamped to [0, 1]."""
+        self.progress = min(max(progress, 0.0), 1.0)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = self.lr_at(base_lr, self.progress)
+
+    def state_dict(self) -> dict:
+        return {"progress": self.progress, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lrs = list(state["base_lrs"])
+        self.set_progress(state["progress"])
