@@ -62,6 +62,25 @@ def trained_run(tmp_path_factory) -> Path:
     return run
 
 
+def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
+    """Make the next in-process run stop as Ctrl-C would, right after ``epoch`` is logged: it saves that epoch's
+    checkpoint and raises TrainingInterrupted. Unlike a shorter trainer.epochs, this leaves the run's length (and
+    so a schedule over the run, like cosine) as the uninterrupted run has it."""
+    import signal
+
+    import deblur_exp.training as training
+
+    append = training.MetricsTable.append
+
+    def append_then_interrupt(self, row):
+        append(self, row)
+        if row["epoch"] == epoch:
+            monkeypatch.undo()  # only this run
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(training.MetricsTable, "append", append_then_interrupt)
+
+
 def write_sharp_images(folder: Path, names=("alpha", "beta"), size=(40, 56)) -> Path:
     """Small smooth-ish images that any model can be scored on."""
     import numpy as np

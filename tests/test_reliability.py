@@ -17,8 +17,8 @@ from deblur_exp.config import REPO_ROOT, DataConfig, DegradationConfig
 from deblur_exp.data.images import write_image
 from deblur_exp.data.patches import load_patches
 from deblur_exp.errors import DeblurError
-from deblur_exp.training import train
-from tests.conftest import TINY, run_script
+from deblur_exp.training import TrainingInterrupted, train
+from tests.conftest import TINY, interrupt_after_epoch, run_script
 
 # Deterministic, dropout on (RNG state matters), four steps an epoch, three epochs.
 STEADY = [*TINY, "model=deblurcnn", "trainer.deterministic=true", "trainer.limit_train_batches=4", "trainer.epochs=3",
@@ -145,9 +145,12 @@ def test_signal_finishes_the_step_saves_and_exits(tmp_path, uninterrupted, signu
     assert metric_rows(run_dir) == metric_rows(uninterrupted)
 
 
-def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(make_cfg, tmp_path, uninterrupted, caplog):
+def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(make_cfg, tmp_path, uninterrupted, caplog,
+                                                              monkeypatch):
     run_dir = tmp_path / "run"
-    train(make_cfg([*STEADY, "trainer.epochs=2"], run_dir))
+    interrupt_after_epoch(monkeypatch, 2)  # last.pt holds epoch 2, previous.pt epoch 1
+    with pytest.raises(TrainingInterrupted):
+        train(make_cfg(STEADY, run_dir))
     last = run_dir / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated
     train(make_cfg([*STEADY, f"resume={run_dir}"], run_dir))

@@ -7,8 +7,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.errors import DeblurError
-from deblur_exp.training import METRIC_FIELDS, train
-from tests.conftest import TINY, dataset
+from deblur_exp.training import METRIC_FIELDS, TrainingInterrupted, train
+from tests.conftest import TINY, dataset, interrupt_after_epoch
 
 
 def read_metrics(run_dir):
@@ -45,12 +45,16 @@ def test_tiny_run_writes_every_artefact(make_cfg, tmp_path):
     assert layout  # restored and degraded PSNR on one chart (CUSTOM SCALARS tab)
 
 
-def test_resume_matches_an_uninterrupted_run(make_cfg, tmp_path):
-    overrides = [*TINY, "model=deblurcnn", "trainer.epochs=3"]  # deblurcnn uses dropout: RNG state matters
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
+def test_resume_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch, scheduler):
+    # deblurcnn uses dropout: RNG state matters; cosine sets the rate every step from the share of the run done
+    overrides = [*TINY, "model=deblurcnn", "trainer.epochs=3", f"scheduler={scheduler}"]
     whole = tmp_path / "whole"
     train(make_cfg(overrides, whole))
     split = tmp_path / "split"
-    train(make_cfg([*overrides, "trainer.epochs=1"], split))
+    interrupt_after_epoch(monkeypatch, 1)
+    with pytest.raises(TrainingInterrupted):
+        train(make_cfg(overrides, split))
     train(make_cfg([*overrides, f"resume={split}"], tmp_path / "ignored"))
     a = load_checkpoint(whole / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(split / "checkpoints" / "last.pt")["model"]
