@@ -80,13 +80,16 @@ def find_runs(targets: list[Path]) -> list[Path]:
 
 
 def recipe_of(folder: Path, config: dict) -> str:
-    """The recipe a run followed: its experiment= override, else the project's defaults, with the two data
-    choices that tell the seed's and the project's recipes apart."""
+    """The recipe a run followed: its experiment= override, else the project's defaults, with the choices that
+    tell the seed's and the project's recipes apart (data, schedule, batch, loss)."""
     saved = folder / ".hydra" / "overrides.yaml"
     overrides = (yaml.safe_load(saved.read_text()) or []) if saved.is_file() else []
     experiment = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "experiment"),
                       "defaults")
-    return f"{experiment}: degrade per {config['degradation']['apply_to']}, split by {config['data']['split']}"
+    schedule = str(config["scheduler"].get("_target_") or "constant").rsplit(".", 1)[-1]
+    t = config["trainer"]
+    return (f"{experiment}: degrade per {config['degradation']['apply_to']}, split by {config['data']['split']}; "
+            f"{schedule}, lr {config['optimizer']['lr']:g}, batch {t['batch_size']}, {t['loss']}")
 
 
 def load_run(folder: Path) -> RunResult:

@@ -45,6 +45,7 @@ def test_report_tables_figures_and_scores_agree_with_the_runs(tiny_sweep, tmp_pa
         assert float(row["Set5_rgb_psnr"]) == pytest.approx(summary["eval"]["Set5"]["psnr_restored"], abs=1e-4)
         assert float(row["Set5_rgb_ssim"]) == pytest.approx(summary["eval"]["Set5"]["ssim_restored"], abs=1e-4)
         assert row["epochs"] == "2" and row["stopped_by"] == "epochs" and row["device"].startswith("cpu")
+        assert row["recipe"] == "defaults: degrade per image, split by image; WarmupCosine, lr 0.0005, batch 8, mse"
         assert (job / "curves.png").stat().st_size > 0  # every run draws its own curves when it ends
 
     # The degraded-input row, in the SR protocol, computed here independently
