@@ -63,7 +63,6 @@ class AutoResume:
 
     action: str  # "skip" | "resume" | "start"
     reason: str
-    best_psnr: float = math.nan
 
 
 def auto_resume(run_dir: Path, epochs: int, max_time_s: float | None) -> AutoResume:
@@ -75,8 +74,7 @@ def auto_resume(run_dir: Path, epochs: int, max_time_s: float | None) -> AutoRes
         budget_spent = (summary.get("stopped_by") == "max_time"
                         and (max_time_s or math.inf) <= (summary.get("max_time_s") or 0))
         if summary.get("epochs", 0) >= epochs or budget_spent:
-            return AutoResume("skip", f"finished ({summary.get('epochs')} epochs, summary.json)",
-                              summary.get("best_val_psnr", math.nan))
+            return AutoResume("skip", f"finished ({summary.get('epochs')} epochs, summary.json)")
     if last.is_file():
         return AutoResume("resume", f"continuing from {last}")
     return AutoResume("start", "no checkpoint yet: starting fresh")

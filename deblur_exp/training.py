@@ -544,7 +544,7 @@ def train(cfg: DictConfig) -> float:
         decision = auto_resume(Path(cfg.paths.run_dir), t.epochs, parse_duration(t.max_time))
         log.info("resume=auto: %s: %s", cfg.paths.run_dir, decision.reason)
         if decision.action == "skip":
-            return finished_objective(cfg, decision.best_psnr)
+            return objective_value(json.loads((Path(cfg.paths.run_dir) / "summary.json").read_text()), cfg.objective)
         cfg.resume = str(cfg.paths.run_dir) if decision.action == "resume" else None
     run_dir = Path(cfg.resume or cfg.paths.run_dir).expanduser().resolve()
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: ranks other than 0 write nothing
@@ -563,12 +563,9 @@ def train(cfg: DictConfig) -> float:
         handler.close()
 
 
-def finished_objective(cfg: DictConfig, best_psnr: float) -> float:
-    """The objective of a run that resume=auto found finished: its best val PSNR or its eval set's PSNR."""
-    if cfg.objective == "val_psnr":
-        return best_psnr
-    summary = json.loads((Path(cfg.paths.run_dir) / "summary.json").read_text())
-    return summary["eval"][cfg.objective]["psnr_restored"]
+def objective_value(summary: dict, objective: str) -> float:
+    """What a run returns to a sweeper, read from its summary (summary.json): best val PSNR or an eval set's PSNR."""
+    return summary["best_val_psnr"] if objective == "val_psnr" else summary["eval"][objective]["psnr_restored"]
 
 
 def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
@@ -706,15 +703,15 @@ def _train(cfg: DictConfig, t: DictConfig, run_dir: Path) -> float:
     if cfg.eval.enabled:
         held_out_images = [im for im in image_source(data_cfg).load(1) if im.name in held_out]
         eval_summary = evaluate_run(cfg, run_dir, device, writer, held_out_images, step=t.epochs)
-    write_run_summary(cfg, run_dir, writer, count_parameters(model), best_psnr, best_epoch, eval_summary,
-                      stopped_by, device)
+    summary = write_run_summary(cfg, run_dir, writer, count_parameters(model), best_psnr, best_epoch, eval_summary,
+                                stopped_by, device)
     writer.close()
-    return best_psnr if cfg.objective == "val_psnr" else eval_summary[cfg.objective]["psnr_restored"]
+    return objective_value(summary, cfg.objective)
 
 
 def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: float, best_epoch: int,
-                      eval_summary: dict, stopped_by: str = "epochs", device: torch.device | None = None) -> None:
-    """summary.json (read by the sweep summary) and the TensorBoard HPARAMS entry for this run."""
+                      eval_summary: dict, stopped_by: str = "epochs", device: torch.device | None = None) -> dict:
+    """summary.json (read by the sweep summary) and the TensorBoard HPARAMS entry for this run; returns the summary."""
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     summary = {
@@ -746,6 +743,7 @@ def write_run_summary(cfg, run_dir: Path, writer, parameters: int, best_psnr: fl
         metrics[f"hparam/{set_name}_psnr"] = scores["psnr_restored"]
         metrics[f"hparam/{set_name}_ssim"] = scores["ssim_restored"]
     writer.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder, beside its curves
+    return summary
 
 
 def log_run_end(run_dir: Path, summary: dict, figures: bool) -> None:
