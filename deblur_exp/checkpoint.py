@@ -7,6 +7,7 @@ and inference scripts can rebuild the model from the file alone.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import zipfile
@@ -17,6 +18,9 @@ import torch
 
 from deblur_exp.atomic import atomic_write
 from deblur_exp.errors import DeblurError
+from deblur_exp.run_dir import RunDir
+
+log = logging.getLogger("deblur_exp")
 
 FORMAT_VERSION = 1
 
@@ -82,3 +86,21 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[
         raise CheckpointMismatch(f"{path}: checkpoint holds a '{state.get('arch')}' model but the config asks for "
                           f"'{expected_arch}'; set model={state.get('arch')} or pick another checkpoint")
     return state
+
+
+def load_resume_state(run: RunDir, arch: str) -> dict:
+    """last.pt, or previous.pt when last.pt is missing or damaged (a warning names it)."""
+    for stale in run.checkpoints.glob(".*.tmp"):  # a write that a kill interrupted; never renamed into place
+        stale.unlink(missing_ok=True)
+    problems = []
+    for path in (run.last, run.previous):
+        try:
+            state = load_checkpoint(path, expected_arch=arch)
+        except CheckpointMismatch:
+            raise
+        except DeblurError as exc:
+            problems.append(str(exc))
+            log.warning("resume: %s; trying the previous checkpoint", exc)
+            continue
+        return {**state, "path": path}
+    raise DeblurError(f"resume: no usable checkpoint in {run.checkpoints} ({'; '.join(problems)})")

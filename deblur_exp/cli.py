@@ -26,6 +26,38 @@ def default_output_dir(kind: str) -> Path:
     return root / kind / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def add_eval_options(parser, *keys: str) -> None:
+    """Add ``--<key>`` options whose defaults and help come from conf/eval/default.yaml (its values and its line
+    comments) and whose types come from the eval schema, so scripts never restate the training-time eval settings.
+    """
+    import dataclasses
+    import re
+    import typing
+
+    from omegaconf import OmegaConf
+
+    from deblur_exp.config import CONF_DIR, EvalConfig
+
+    source = CONF_DIR / "eval" / "default.yaml"
+    text = source.read_text()
+    values = OmegaConf.load(source)
+    types = {f.name: f.type for f in dataclasses.fields(EvalConfig)}
+    hints = typing.get_type_hints(EvalConfig)
+    for key in keys:
+        comment = re.search(rf"^{key}:[^#\n]*#\s*(.+)$", text, re.MULTILINE)
+        default = OmegaConf.to_container(values)[key] if key in values else None
+        help_text = f"{comment.group(1).strip() if comment else key} (default: {default})"
+        flag = "--" + key.replace("_", "-")
+        hint = hints.get(key, types.get(key))
+        if hint is bool:
+            parser.add_argument(flag, action="store_true", default=default, help=help_text)
+        elif typing.get_origin(hint) is list:
+            parser.add_argument(flag, nargs="*", default=default, help=help_text)
+        else:
+            kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+            parser.add_argument(flag, type=kind, default=default, help=help_text)
+
+
 def read_image_sets(names: list[str], data_dir: Path) -> tuple[dict, list[str]]:
     """``--sets NAME ...``: the image folders under ``data_dir`` by name, and the files in them that could not be
     used; a missing folder is an error naming the flag and where to point it."""

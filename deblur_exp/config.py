@@ -239,7 +239,6 @@ CHOICES = {
     "data.split": ("patch", "image"),
     "degradation.apply_to": ("patch", "image"),
     "data.color": ("rgb", "y"),
-    "trainer.precision": ("32", "bf16", "fp16"),
     "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 
@@ -327,42 +326,46 @@ def check_config(cfg: DictConfig) -> None:
         if not ok:
             raise DeblurError(f"{key}: {message} (got {OmegaConf.select(cfg, key)!r})")
 
-    from deblur_exp.data.degrade import RESIZERS  # the resizers' and losses' own tables are the lists of choices
+    # The resizers', losses' and precisions' own tables are the lists of choices.
+    from deblur_exp.data.degrade import RESIZERS
     from deblur_exp.losses import LOSSES
+    from deblur_exp.runtime import PRECISIONS
 
     choices = {**CHOICES, "degradation.down_interp": tuple(RESIZERS), "degradation.up_interp": tuple(RESIZERS),
-               "trainer.loss": tuple(LOSSES)}
+               "trainer.loss": tuple(LOSSES), "trainer.precision": tuple(PRECISIONS)}
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         need(str(value) in allowed, key, f"must be one of {', '.join(allowed)}")
-    t, d, g = cfg.trainer, cfg.data, cfg.degradation
+    trainer, data, degradation = cfg.trainer, cfg.data, cfg.degradation
     need(cfg.optimizer.lr > 0, "optimizer.lr", "must be positive")
-    need(t.epochs > 0, "trainer.epochs", "must be a positive integer")
-    need(t.batch_size > 0, "trainer.batch_size", "must be a positive integer")
-    need(t.val_batch_size is None or t.val_batch_size > 0, "trainer.val_batch_size", "must be positive or null")
+    need(trainer.epochs > 0, "trainer.epochs", "must be a positive integer")
+    need(trainer.batch_size > 0, "trainer.batch_size", "must be a positive integer")
+    need(trainer.val_batch_size is None or trainer.val_batch_size > 0, "trainer.val_batch_size",
+         "must be positive or null")
     for key in ("limit_train_batches", "limit_val_batches"):
-        need(t[key] is None or t[key] > 0, f"trainer.{key}", "must be positive or null (all batches)")
-    need(t.image_every > 0, "trainer.image_every", "must be a positive integer")
-    need(t.device == "auto" or t.device == "cpu" or t.device.split(":")[0] == "cuda", "trainer.device",
+        need(trainer[key] is None or trainer[key] > 0, f"trainer.{key}", "must be positive or null (all batches)")
+    need(trainer.image_every > 0, "trainer.image_every", "must be a positive integer")
+    need(trainer.device in ("auto", "cpu") or trainer.device.split(":")[0] == "cuda", "trainer.device",
          "must be auto, cpu, cuda or cuda:N")
-    need(d.patch_size > 0, "data.patch_size", "must be a positive integer")
-    need(d.stride >= 1, "data.stride", "must be at least 1")
-    need(0 < d.val_fraction < 1, "data.val_fraction", "must lie strictly between 0 and 1")
-    need(g.scale >= 1, "degradation.scale", "must be at least 1 (1 = no down/up-scaling)")
-    need(d.patch_size // g.scale >= 1, "data.patch_size",
-         f"is smaller than degradation.scale={g.scale}; a patch must survive the downscale")
-    need(g.blur_kernel == 0 or (g.blur_kernel > 0 and g.blur_kernel % 2 == 1), "degradation.blur_kernel",
+    need(data.patch_size > 0, "data.patch_size", "must be a positive integer")
+    need(data.stride >= 1, "data.stride", "must be at least 1")
+    need(0 < data.val_fraction < 1, "data.val_fraction", "must lie strictly between 0 and 1")
+    need(degradation.scale >= 1, "degradation.scale", "must be at least 1 (1 = no down/up-scaling)")
+    need(data.patch_size // degradation.scale >= 1, "data.patch_size",
+         f"is smaller than degradation.scale={degradation.scale}; a patch must survive the downscale")
+    need(degradation.blur_kernel == 0 or (degradation.blur_kernel > 0 and degradation.blur_kernel % 2 == 1),
+         "degradation.blur_kernel",
          "must be 0 (no blur) or a positive odd number")
-    need(g.blur_sigma >= 0, "degradation.blur_sigma", "must be >= 0 (0 = derive from the kernel size)")
+    need(degradation.blur_sigma >= 0, "degradation.blur_sigma", "must be >= 0 (0 = derive from the kernel size)")
     need(math.isfinite(cfg.optimizer.lr), "optimizer.lr", "must be finite")
     try:
-        parse_duration(t.max_time)
+        parse_duration(trainer.max_time)
     except ValueError:
         need(False, "trainer.max_time", "must be a duration: HH:MM:SS, DD:HH:MM:SS or minutes (e.g. 10), or null")
     channels = cfg.model.params.get("channels", 3)
-    need(channels == COLOR_CHANNELS[d.color], "model.params.channels",
-         f"must be {COLOR_CHANNELS[d.color]} for data.color={d.color}")
-    need(not (cfg.eval.y_channel and d.color == "y"), "eval.y_channel",
+    need(channels == COLOR_CHANNELS[data.color], "model.params.channels",
+         f"must be {COLOR_CHANNELS[data.color]} for data.color={data.color}")
+    need(not (cfg.eval.y_channel and data.color == "y"), "eval.y_channel",
          "must be false for data.color=y (the images already are the Y channel)")
     need(cfg.eval.crop_border >= 0, "eval.crop_border", "must be >= 0")
     need(cfg.eval.tile is None or cfg.eval.tile > 0, "eval.tile", "must be positive or null (one pass)")

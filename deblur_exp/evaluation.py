@@ -3,31 +3,31 @@ did, restore it, and tabulate PSNR/SSIM of degraded and restored against sharp."
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from deblur_exp.atomic import atomic_write
 from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.config import DegradationConfig
 from deblur_exp.data.degrade import degrade, min_image_size, sharp_for
 from deblur_exp.data.images import Image, read_folder
 from deblur_exp.errors import DeblurError
-from deblur_exp.metrics import SSIM_WINDOW, psnr, ssim
+from deblur_exp.figures import three_panel
+from deblur_exp.metrics import IMAGE_METRICS, SSIM_WINDOW, describe_scores, score_fields
 from deblur_exp.models import build_model
-from deblur_exp.restore import restore_image
+from deblur_exp.restore import restore_image, to_uint8
+from deblur_exp.run_dir import RunDir
+from deblur_exp.tables import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-IMAGE_FIELDS = ["image", "size", "psnr_degraded", "psnr_restored", "ssim_degraded", "ssim_restored"]
+IMAGE_FIELDS = ["image", "size", *score_fields()]
 
 
 @dataclass
@@ -41,40 +41,12 @@ class Restorer:
     color: str  # data.color it was trained on: "rgb" or "y" (single-channel luma)
     checkpoint: Path
     epoch: int
-    config: dict = field(repr=False)
-
-
-def run_checkpoint(run: Path) -> Path | None:
-    """A run folder's best.pt, else its last.pt, else None."""
-    return next((c for c in (run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt") if c.is_file()), None)
-
-
-def find_checkpoints(target: str | Path) -> list[Path]:
-    """A checkpoint file, a run folder (its best.pt, else last.pt), a sweep folder (every run in it) or
-    ``pretrained:<name>`` (a model shipped with the package)."""
-    from deblur_exp.pretrained import is_pretrained, pretrained_path  # lazy: pretrained writes with this module
-
-    if is_pretrained(target):
-        return [pretrained_path(target)]
-    target = Path(target).expanduser()
-    if target.is_file():
-        return [target]
-    if not target.is_dir():
-        raise DeblurError(f"{target}: no such checkpoint file or run folder")
-    runs = [target] if (target / "checkpoints").is_dir() else sorted({p.parent.parent
-                                                                       for p in target.rglob("checkpoints/*.pt")})
-    found = [c for c in map(run_checkpoint, runs) if c is not None]
-    if not found:
-        raise DeblurError(f"{target}: holds no checkpoints/best.pt or last.pt (is it a run or sweep folder?)")
-    return found
 
 
 def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: str | None = None) -> Restorer:
     """Rebuild the model a checkpoint holds; a run folder's config must agree with it on the architecture."""
-    run_config = checkpoint.parent.parent / ".hydra" / "config.yaml"
-    expected = None
-    if checkpoint.parent.name == "checkpoints" and run_config.is_file():
-        expected = OmegaConf.load(run_config).model.name
+    run = RunDir.of_checkpoint(checkpoint)
+    expected = OmegaConf.load(run.config).model.name if run is not None and run.config.is_file() else None
     state = load_checkpoint(checkpoint, expected_arch=expected)
     config = OmegaConf.to_container(OmegaConf.create(state["config"]))
     model = build_model(state["arch"], **config["model"].get("params", {}))
@@ -86,10 +58,9 @@ def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: s
     model.to(device).eval()
     degradation = DegradationConfig(**config["degradation"])
     if label is None:
-        run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-        label = f"{state['arch']}@{run.name}"
+        label = f"{state['arch']}@{(run.path if run is not None else checkpoint.parent).name}"
     color = config.get("data", {}).get("color", "rgb")
-    return Restorer(label, state["arch"], model, degradation, color, checkpoint, state["epoch"], config)
+    return Restorer(label, state["arch"], model, degradation, color, checkpoint, state["epoch"])
 
 
 def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_overlap=32, self_ensemble=False,
@@ -114,12 +85,11 @@ def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_o
 
 def score_pair(sharp: np.ndarray, degraded: np.ndarray, restored: np.ndarray, y_channel=False,
                crop_border=0, device="cpu") -> dict[str, float]:
-    """PSNR and SSIM of the degraded input and of the restored output, both against ``sharp`` (SSIM on
-    ``device``, where the model runs)."""
-    options = {"y_channel": y_channel, "crop_border": crop_border}
-    return {"psnr_degraded": psnr(degraded, sharp, **options), "psnr_restored": psnr(restored, sharp, **options),
-            "ssim_degraded": ssim(degraded, sharp, **options, device=device),
-            "ssim_restored": ssim(restored, sharp, **options, device=device)}
+    """Every metric of IMAGE_METRICS for the degraded input and for the restored output, both against ``sharp``
+    (computed on ``device``, where the model runs)."""
+    options = {"y_channel": y_channel, "crop_border": crop_border, "device": device}
+    return {f"{name}_{which}": metric.score(image, sharp, **options) for name, metric in IMAGE_METRICS.items()
+            for which, image in (("degraded", degraded), ("restored", restored))}
 
 
 def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=True, on_image=None,
@@ -146,50 +116,8 @@ def bar_off(wanted: bool) -> bool | None:
 
 
 def summarize(rows: list[dict]) -> dict:
-    keys = ("psnr_degraded", "psnr_restored", "ssim_degraded", "ssim_restored")
+    keys = score_fields()
     return {"images": len(rows), **{k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in keys}}
-
-
-def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    """Write a table atomically: readers never see a half-written file."""
-    with atomic_write(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file + rename)."""
-    with atomic_write(path, "w") as f:
-        f.write(text)
-
-
-def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, default=float))
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def table_cell(field: str, value) -> str:
-    """A number as the markdown tables show it, by its column: PSNR to 0.01 dB, SSIM to 1e-4, times to 0.1 s,
-    samples/s and parameter counts with separators."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}" if field == "parameters" else str(value)
-    if not isinstance(value, float):
-        return value
-    if field.endswith("_ssim"):
-        return f"{value:.4f}"
-    if field.endswith("_psnr"):
-        return f"{value:.2f}"
-    return f"{value:,.0f}" if field == "samples_per_s" else f"{value:.1f}"
-
-
-def _fmt(value):
-    return f"{value:.4f}" if isinstance(value, float) else value
 
 
 def eval_image_sets(eval_cfg, data_dir: str | Path, held_out: list[Image] | None = None
@@ -216,3 +144,42 @@ def eval_image_sets(eval_cfg, data_dir: str | Path, held_out: list[Image] | None
     if eval_cfg.held_out and held_out:
         sets["held_out"] = held_out
     return sets, problems
+
+
+def evaluate_run(cfg: DictConfig, run: RunDir, device, writer, held_out, step: int) -> dict:
+    """Score best.pt on the eval sets: eval/<set>.csv, eval/summary.json, figures and TensorBoard."""
+    e = cfg.eval
+    sets, problems = eval_image_sets(e, cfg.paths.data_dir, held_out)
+    for problem in problems:
+        log.warning("eval: skipping %s", problem)
+    if not sets:
+        log.info("eval: no image sets found; nothing scored")
+        return {}
+    restorer = load_restorer(run.best, device, label=cfg.model.name)
+    options = dict(tile=e.tile, tile_overlap=e.tile_overlap, self_ensemble=e.self_ensemble, y_channel=e.y_channel,
+                   crop_border=e.crop_border)
+    summary = {}
+    for set_name, images in sets.items():
+        shown = []
+
+        def keep(image, sharp, degraded, restored, row):
+            if e.figures:
+                three_panel(run.eval_figure(set_name, image.name), sharp, degraded,
+                            restored, row["psnr_degraded"], row["psnr_restored"], image.name)
+            if len(shown) < e.tensorboard_images:
+                shown.append((image.name, np.concatenate([degraded, to_uint8(restored), sharp], axis=1)))
+
+        rows, bad = evaluate_set(restorer, images, device, progress=cfg.trainer.progress, on_image=keep, **options)
+        for problem in bad:
+            log.warning("eval %s: skipping %s", set_name, problem)
+        write_csv(run.eval_table(set_name), rows, IMAGE_FIELDS)
+        summary[set_name] = summarize(rows)
+        for key in IMAGE_METRICS:
+            writer.add_scalar(f"eval/{set_name}/{key}", summary[set_name][f"{key}_restored"], step)
+            writer.add_scalar(f"eval/{set_name}/{key}_degraded", summary[set_name][f"{key}_degraded"], step)
+        for name, strip in shown:
+            writer.add_image(f"eval/{set_name}/{name} degraded|restored|sharp", strip, step, dataformats="HWC")
+        log.info("eval %s: %d images, %s", set_name, len(rows), describe_scores(summary[set_name]))
+    write_json(run.eval / "summary.json", summary)
+    writer.flush()
+    return summary

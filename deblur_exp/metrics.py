@@ -5,9 +5,15 @@ computed in float64 with data range 1.0 after clamping to [0, 1]. Options: ``y_c
 and ``crop_border`` (pixels shaved from every side). SSIM follows scikit-image's ``structural_similarity`` with
 the Wang et al. (2004) settings (Gaussian window, sigma 1.5, 11x11 taps, population covariances) and equals it
 to 1e-4 (tests check); it is computed with torch on ``device``, so scoring runs where the model runs.
+
+``IMAGE_METRICS`` names the whole-image metrics that evaluation computes; tables, summaries, log lines and
+TensorBoard charts iterate over it, so a new metric is one function and one entry here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -97,3 +103,36 @@ def ssim(restored: np.ndarray, sharp: np.ndarray, y_channel: bool = False, crop_
     c1, c2 = 0.01**2, 0.03**2
     ssim_map = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)) / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2))
     return float(ssim_map.mean(dim=(2, 3)).mean())
+
+
+@dataclass(frozen=True)
+class ImageMetric:
+    """A whole-image score against the sharp image, computed for the degraded input and for the restored output."""
+
+    score: Callable[..., float]  # (image, sharp, y_channel=..., crop_border=..., device=...) -> float
+    label: str  # as log lines and figures name it
+    digits: int  # decimals in tables and log lines
+    unit: str = ""
+
+
+IMAGE_METRICS: dict[str, ImageMetric] = {
+    "psnr": ImageMetric(lambda image, sharp, device="cpu", **protocol: psnr(image, sharp, **protocol), "PSNR", 2,
+                        " dB"),
+    "ssim": ImageMetric(ssim, "SSIM", 4),
+}
+
+
+def score_fields() -> list[str]:
+    """The per-image score columns: <metric>_degraded and <metric>_restored for every metric, in order."""
+    return [f"{name}_{which}" for name in IMAGE_METRICS for which in ("degraded", "restored")]
+
+
+def describe_scores(scores: dict, arrows: bool = False) -> str:
+    """'PSNR 30.12 dB (degraded 28.01), SSIM 0.8612 (degraded 0.7914)' from a row or a summary of scores; with
+    ``arrows``: 'PSNR 28.01 -> 30.12 dB, SSIM 0.7914 -> 0.8612'."""
+    parts = []
+    for name, m in IMAGE_METRICS.items():
+        degraded, restored = (f"{scores[f'{name}_{which}']:.{m.digits}f}" for which in ("degraded", "restored"))
+        parts.append(f"{m.label} {degraded} -> {restored}{m.unit}" if arrows
+                     else f"{m.label} {restored}{m.unit} (degraded {degraded})")
+    return ", ".join(parts)

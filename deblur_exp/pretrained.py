@@ -13,7 +13,7 @@ from pathlib import Path
 
 from deblur_exp.checkpoint import load_checkpoint, save_checkpoint
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import write_json
+from deblur_exp.tables import write_json
 
 PREFIX = "pretrained:"
 FOLDER = Path(__file__).resolve().parent / "weights"

@@ -24,9 +24,12 @@ from tqdm import tqdm
 from deblur_exp.data.degrade import degrade, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import bar_off, load_restorer, markdown_table, run_checkpoint, score_pair, write_csv, write_text
+from deblur_exp.evaluation import bar_off, load_restorer, score_pair
 from deblur_exp.figures import detail_box, learning_curves, zoomed_comparison
+from deblur_exp.metrics import IMAGE_METRICS
 from deblur_exp.restore import restore_image
+from deblur_exp.run_dir import RunDir, run_checkpoint
+from deblur_exp.tables import markdown_table, write_csv, write_text
 
 # What the seed notebook reported for its five models (202 epochs, experiment=seed). Its validation PSNR is the
 # PSNR of each batch's MSE, averaged over batches; ours is the mean of per-patch PSNR (a little lower on the
@@ -69,8 +72,8 @@ def find_runs(targets: list[Path]) -> list[Path]:
     for target in targets:
         if not target.is_dir():
             raise DeblurError(f"{target}: no such run or sweep folder")
-        found = [target] if (target / "summary.json").is_file() else sorted(
-            p.parent for p in target.glob("*/summary.json"))
+        found = [target] if RunDir(target).summary.is_file() else sorted(
+            p.parent for p in target.glob(f"*/{RunDir(target).summary.name}"))
         found = [r for r in found if run_checkpoint(r) is not None]
         if not found:
             raise DeblurError(f"{target}: holds no finished run (a folder with summary.json and checkpoints/); "
@@ -82,7 +85,7 @@ def find_runs(targets: list[Path]) -> list[Path]:
 def recipe_of(folder: Path, config: dict) -> str:
     """The recipe a run followed: its experiment= override, else the project's defaults, with the choices that
     tell the seed's and the project's recipes apart (data, schedule, batch, loss)."""
-    saved = folder / ".hydra" / "overrides.yaml"
+    saved = RunDir(folder).overrides
     overrides = (yaml.safe_load(saved.read_text()) or []) if saved.is_file() else []
     experiment = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "experiment"),
                       "defaults")
@@ -93,9 +96,10 @@ def recipe_of(folder: Path, config: dict) -> str:
 
 
 def load_run(folder: Path) -> RunResult:
-    summary = json.loads((folder / "summary.json").read_text())
-    config = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"))
-    with open(folder / "metrics.csv", newline="") as f:
+    run = RunDir(folder)
+    summary = json.loads(run.summary.read_text())
+    config = OmegaConf.to_container(OmegaConf.load(run.config))
+    with open(run.metrics, newline="") as f:
         metrics = list(csv.DictReader(f))
     return RunResult(folder, summary, config, metrics, recipe_of(folder, config))
 
@@ -126,8 +130,8 @@ def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_cr
                                                     "psnr": rows["rgb"][-1]["psnr_degraded"]})
             for protocol, scored in rows.items():
                 means = {k: float(np.mean([r[k] for r in scored])) for k in scored[0]}
-                run.scores[f"{set_name}_{protocol}"] = {"psnr": means["psnr_restored"], "ssim": means["ssim_restored"]}
-                baseline[f"{set_name}_{protocol}"] = {"psnr": means["psnr_degraded"], "ssim": means["ssim_degraded"]}
+                run.scores[f"{set_name}_{protocol}"] = {m: means[f"{m}_restored"] for m in IMAGE_METRICS}
+                baseline[f"{set_name}_{protocol}"] = {m: means[f"{m}_degraded"] for m in IMAGE_METRICS}
     return baseline
 
 
@@ -149,12 +153,13 @@ def training_table(runs: list[RunResult]) -> str:
 
 def test_table(runs: list[RunResult], baseline: dict, set_names: list[str], y_crop: int, compare: str) -> str:
     header = ["recipe", "model"]
+    labels = " / ".join(m.label for m in IMAGE_METRICS.values())
     for set_name in set_names:
-        header += [f"{set_name} RGB PSNR / SSIM", f"{set_name} Y (crop {y_crop}) PSNR / SSIM"]
+        header += [f"{set_name} RGB {labels}", f"{set_name} Y (crop {y_crop}) {labels}"]
     header += [f"{compare} RGB PSNR", f"seed's {compare} RGB PSNR"]
 
     def cells(scores: dict) -> list[str]:
-        return [f"{_num(scores[f'{s}_{p}']['psnr'])} / {_num(scores[f'{s}_{p}']['ssim'], 4)}"
+        return [" / ".join(_num(scores[f"{s}_{p}"][name], m.digits) for name, m in IMAGE_METRICS.items())
                 for s in set_names for p in PROTOCOLS]
 
     rows = [["-", "degraded input", *cells(baseline), _num(baseline.get("compare", {}).get("psnr")), "-"]]

@@ -1,4 +1,5 @@
-"""Learning-rate schedules that follow the share of the run done, stepped after every optimizer step.
+"""Learning-rate schedules: the configured one built, stepped once per epoch or after every step, and
+``WarmupCosine``, which follows the share of the run done.
 
 A run ends after ``trainer.epochs`` or when ``trainer.max_time`` runs out, whichever comes first, so its length in
 steps is not known in advance; torch's schedulers count epochs or steps. ``WarmupCosine`` is told the fraction of
@@ -9,6 +10,10 @@ so a 10-minute run anneals to ``eta_min`` at 10 minutes whatever the machine's s
 from __future__ import annotations
 
 import math
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 
 class WarmupCosine:
@@ -39,3 +44,29 @@ class WarmupCosine:
     def load_state_dict(self, state: dict) -> None:
         self.base_lrs = list(state["base_lrs"])
         self.set_progress(state["progress"])
+
+
+def make_scheduler(cfg: DictConfig, optimizer):
+    """The scheduler ``cfg.scheduler`` names for ``optimizer``; None for scheduler=none."""
+    if cfg.scheduler.get("_target_") is None:
+        return None
+    return instantiate(cfg.scheduler)(optimizer)
+
+
+def step_scheduler(scheduler, val_loss: float) -> None:
+    """Once per epoch, after validation. (WarmupCosine follows the run's progress after every step instead.)"""
+    if scheduler is None or isinstance(scheduler, WarmupCosine):
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
+
+
+def schedule_hook(scheduler, epoch: int, epochs: int, budget):
+    """For WarmupCosine, the per-step callback that tells it the share of the run done: of the epochs or of
+    trainer.max_time, whichever is further along (``budget``: the run's
+    runtime.TimeBudget). None for the schedulers stepped once per epoch."""
+    if not isinstance(scheduler, WarmupCosine):
+        return None
+    return lambda step, total: scheduler.set_progress(max((epoch - 1 + step / total) / epochs, budget.fraction()))

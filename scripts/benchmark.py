@@ -31,17 +31,19 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from deblur_exp.atomic import WriteFailed
 from deblur_exp.cli import default_data_dir, run_cli
 from deblur_exp.config import DataConfig, DegradationConfig
 from deblur_exp.data.patches import PatchSet, load_patches
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import markdown_table, write_json
 from deblur_exp.models import build_model, list_models
-from deblur_exp.sweep import collect
-from deblur_exp.training import PatchTensors, resolve_device, train_epoch
+from deblur_exp.jobs import collect
+from deblur_exp.tables import markdown_table, write_json
+from deblur_exp.run_dir import RunDir
+from deblur_exp.runtime import PRECISIONS, autocast_for, resolve_device
+from deblur_exp.batches import PatchTensors
+from deblur_exp.training import EpochPlan, Numerics, train_epoch
 
 SEED_MODELS = ["deblurcnn", "deblurcnn_res", "deblursuperrescnn", "dncnn", "edsr"]
 SEED_TRAIN, SEED_VAL, SEED_EPOCHS = 19_548, 2_173, 202
@@ -117,15 +119,14 @@ def loop_samples_per_s(name, device, steps, batch_size, channels_last, precision
     tensors = PatchTensors.from_patches(random_patches(batch_size * (steps + 3)), np.arange(batch_size * (steps + 3)),
                                         device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    from deblur_exp.training import autocast_for
-
     autocast = autocast_for(precision, device)
     generator = torch.Generator().manual_seed(0)
 
+    numerics = Numerics(autocast, scaler, channels_last)
+
     def run(limit):
-        cfg = OmegaConf.create({"trainer": {"batch_size": batch_size, "limit_train_batches": limit,
-                                            "progress": False, "epochs": 1}})
-        return train_epoch(model, tensors, optimizer, F.mse_loss, cfg, 1, generator, autocast, scaler, channels_last)
+        plan = EpochPlan(batch_size, epochs=1, limit_batches=limit, progress=False)
+        return train_epoch(model, tensors, optimizer, F.mse_loss, numerics, plan, 1, generator)
 
     run(3)  # warm-up: allocator, cudnn autotuning
     started = time.perf_counter()
@@ -141,10 +142,10 @@ def ceiling_samples_per_s(name, device, steps, batch_size, channels_last, precis
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     degraded = torch.rand(batch_size, 3, 35, 35, device=device).contiguous(memory_format=memory_format)
     sharp = torch.rand(batch_size, 3, 35, 35, device=device).contiguous(memory_format=memory_format)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    autocast = autocast_for(precision, device)
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=precision != "32"):
+        with autocast():
             loss = F.mse_loss(model(degraded), sharp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -183,13 +184,13 @@ def bench_patches(data_dir: Path) -> dict:
     if not t91.is_dir():
         return {"skipped": f"no T91 at {t91}"}
     data = DataConfig(name="t91", root=str(t91), patch_size=35, stride=14, split="patch")
-    spec = DegradationConfig(name="gauss_down3", apply_to="patch")
+    degradation = DegradationConfig(name="gauss_down3", apply_to="patch")
     with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
-        patches = load_patches(data, spec, cache)
+        patches = load_patches(data, degradation, cache)
         cold = time.perf_counter() - started
         started = time.perf_counter()
-        load_patches(data, spec, cache)
+        load_patches(data, degradation, cache)
         warm = time.perf_counter() - started
     return {"cold_s": cold, "warm_s": warm, "patches": len(patches)}
 
@@ -249,7 +250,7 @@ def bench_scoring(name: str, device: torch.device, folder: Path) -> dict:
 
     images = [im.rgb for im in read_folder(folder)[0]]
     model = build_model(name).to(device).eval()
-    spec = DegradationConfig(name="gauss_down3")
+    degradation = DegradationConfig(name="gauss_down3")
 
     def skimage_pair(sharp, degraded, restored):
         ssim = [structural_similarity(to_float64(x), to_float64(sharp), data_range=1.0, channel_axis=2,
@@ -260,7 +261,7 @@ def bench_scoring(name: str, device: torch.device, folder: Path) -> dict:
     def timed(score) -> float:
         started = time.perf_counter()
         for sharp in images:
-            degraded = degrade(sharp, spec)
+            degraded = degrade(sharp, degradation)
             score(sharp, degraded, restore_image(model, degraded, device))
         sync(device)
         return len(images) / (time.perf_counter() - started)
@@ -303,7 +304,7 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
         for row in collect(Path(sweep_dir)):
             if row["status"] != "ok":
                 return {"failed": f"job {row['job']}: {row['error']}", "command": command}
-            with open(Path(sweep_dir) / row["job"] / "metrics.csv", newline="") as f:
+            with open(RunDir(Path(sweep_dir) / row["job"]).metrics, newline="") as f:
                 times = [float(r["epoch_time_s"]) for r in csv.DictReader(f)]
             jobs[row["model"]] = {"epoch_times_s": times, "steady_epoch_s": statistics.median(times[1:] or times)}
     slowest = max(job["steady_epoch_s"] for job in jobs.values())
@@ -342,7 +343,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=16, help="timed training steps per measurement")
     p.add_argument("--batch-size", type=int, default=30)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
+    p.add_argument("--precision", default="32", choices=list(PRECISIONS))
     p.add_argument("--data-patches", type=int, default=1500, help="patches in the data-path comparison")
     p.add_argument("--large-model", default="srcnn", help="model for the 4000x3000 tiled restoration")
     p.add_argument("--skip", nargs="*", default=[],

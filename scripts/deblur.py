@@ -19,13 +19,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deblur_exp.cli import default_output_dir, run_cli
+from deblur_exp.cli import add_eval_options, default_output_dir, run_cli
 from deblur_exp.data.images import in_format_of, read_alpha, read_image_info, scan_folder, write_image
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import IMAGE_FIELDS, bar_off, find_checkpoints, load_restorer, score_image, write_csv
+from deblur_exp.evaluation import IMAGE_FIELDS, bar_off, load_restorer, score_image
 from deblur_exp.figures import before_after, three_panel
+from deblur_exp.metrics import describe_scores
 from deblur_exp.restore import restore_photo, to_uint8
-from deblur_exp.training import resolve_device
+from deblur_exp.run_dir import find_checkpoints
+from deblur_exp.tables import write_csv
+from deblur_exp.runtime import resolve_device
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,9 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="folder for the restored images and figures "
                                             "(default: outputs/restored/<date>_<time>)")
     p.add_argument("--simulate", action="store_true", help="degrade the (sharp) inputs first, then score")
-    p.add_argument("--tile", type=int, help="restore in tiles of this size (bounded memory)")
-    p.add_argument("--tile-overlap", type=int, default=32, help="context pixels around each tile (default 32)")
-    p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations")
+    add_eval_options(p, "tile", "tile_overlap", "self_ensemble")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args()
 
@@ -79,10 +80,11 @@ def sharpness_warning(image, restorer, name: str) -> str | None:
             f"over-sharpened. The model undoes {describe(restorer.degradation)}; use --simulate to degrade it first")
 
 
-def describe(spec) -> str:
-    blur = f"a {spec.blur_kernel}x{spec.blur_kernel} Gaussian blur" if spec.blur_kernel else "no blur"
-    scale = f", a x1/{spec.scale} downscale ({spec.down_interp}) and upscale ({spec.up_interp})" if spec.scale > 1 else ""
-    return blur + scale
+def describe(degradation) -> str:
+    kernel, scale = degradation.blur_kernel, degradation.scale
+    blur = f"a {kernel}x{kernel} Gaussian blur" if kernel else "no blur"
+    resize = f", a x1/{scale} downscale ({degradation.down_interp}) and upscale ({degradation.up_interp})"
+    return blur + (resize if scale > 1 else "")
 
 
 def main() -> int:
@@ -119,8 +121,7 @@ def main() -> int:
                 three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores["psnr_degraded"],
                             scores["psnr_restored"], path.name)
                 rows.append({"image": path.name, **scores})
-                tqdm.write(f"{path.name}: PSNR {scores['psnr_degraded']:.2f} -> {scores['psnr_restored']:.2f} dB, "
-                           f"SSIM {scores['ssim_degraded']:.4f} -> {scores['ssim_restored']:.4f}")
+                tqdm.write(f"{path.name}: {describe_scores(scores, arrows=True)}")
             else:
                 warning = sharpness_warning(image, restorer, path.name)
                 if warning:
@@ -139,8 +140,7 @@ def main() -> int:
         mean = {"image": "mean", **{k: float(np.mean([r[k] for r in rows])) for k in IMAGE_FIELDS[2:]}}
         write_csv(args.out / "metrics.csv", [*rows, mean], IMAGE_FIELDS)
         if len(rows) > 1:
-            print(f"mean of {len(rows)} images: PSNR {mean['psnr_degraded']:.2f} -> {mean['psnr_restored']:.2f} dB, "
-                  f"SSIM {mean['ssim_degraded']:.4f} -> {mean['ssim_restored']:.4f}")
+            print(f"mean of {len(rows)} images: {describe_scores(mean, arrows=True)}")
     for problem in problems:
         print(f"error: {problem}")
     print(f"{written} image(s) restored into {args.out}; {len(problems)} problem(s)")

@@ -16,30 +16,27 @@ from pathlib import Path
 
 import numpy as np
 
-from deblur_exp.cli import default_data_dir, default_output_dir, read_image_sets, run_cli
+from deblur_exp.cli import add_eval_options, default_data_dir, default_output_dir, read_image_sets, run_cli
 from deblur_exp.data.degrade import degrade
 from deblur_exp.errors import DeblurError
 from deblur_exp.data.images import read_folder
-from deblur_exp.evaluation import (IMAGE_FIELDS, evaluate_set, find_checkpoints, load_restorer, markdown_table,
-                                   summarize, table_cell, write_csv, write_text)
+from deblur_exp.evaluation import IMAGE_FIELDS, evaluate_set, load_restorer, summarize
 from deblur_exp.figures import detail_box, three_panel, zoomed_comparison
-from deblur_exp.metrics import psnr
+from deblur_exp.metrics import IMAGE_METRICS, psnr
 from deblur_exp.models import count_parameters
-from deblur_exp.training import resolve_device
+from deblur_exp.run_dir import find_checkpoints
+from deblur_exp.runtime import resolve_device
+from deblur_exp.tables import markdown_table, table_cell, write_csv, write_text
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders, sweep folders or checkpoint files")
-    p.add_argument("--sets", nargs="*", default=["Set5", "Set14"], help="folders under --data-dir (default: Set5 Set14)")
+    add_eval_options(p, "sets")
     p.add_argument("--images", type=Path, help="another folder of sharp images to score")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
     p.add_argument("--out", type=Path, help="output folder (default: outputs/eval/<date>_<time>)")
-    p.add_argument("--tile", type=int, help="restore in tiles of this size (bounded memory)")
-    p.add_argument("--tile-overlap", type=int, default=32, help="context pixels around each tile (default 32)")
-    p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations")
-    p.add_argument("--y-channel", action="store_true", help="score BT.601 luma instead of RGB")
-    p.add_argument("--crop-border", type=int, default=0, help="pixels shaved from every side before scoring")
+    add_eval_options(p, "tile", "tile_overlap", "self_ensemble", "y_channel", "crop_border")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compare", default="butterfly", help="image for the side-by-side model figure")
     p.add_argument("--no-figures", action="store_true", help="skip the per-image figures")
@@ -102,9 +99,9 @@ def main() -> int:
             problems += bad
             write_csv(out / restorer.label / f"{set_name}.csv", rows, IMAGE_FIELDS)
             means = summarize(rows)
-            row.update({f"{set_name}_psnr": means["psnr_restored"], f"{set_name}_ssim": means["ssim_restored"],
-                        f"{set_name}_psnr_degraded": means["psnr_degraded"],
-                        f"{set_name}_ssim_degraded": means["ssim_degraded"]})
+            for name in IMAGE_METRICS:
+                row[f"{set_name}_{name}"] = means[f"{name}_restored"]
+                row[f"{set_name}_{name}_degraded"] = means[f"{name}_degraded"]
         row["mean_psnr"] = float(np.mean([row[f"{s}_psnr"] for s in sets]))
         summary.append(row)
 
@@ -120,17 +117,18 @@ def main() -> int:
 
 def write_summary(out: Path, summary: list[dict], set_names: list[str]) -> None:
     fields = ["rank", "model", "arch", "parameters", "epoch", "mean_psnr"]
-    fields += [f"{s}_{k}" for s in set_names for k in ("psnr", "ssim", "psnr_degraded", "ssim_degraded")]
+    fields += [f"{s}_{name}{which}" for s in set_names for which in ("", "_degraded") for name in IMAGE_METRICS]
     for rank, row in enumerate(summary, 1):
         row["rank"] = rank
     write_csv(out / "summary.csv", summary, fields + ["checkpoint"])
-    header = ["rank", "model", "parameters", "mean PSNR"] + [f"{s} PSNR / SSIM" for s in set_names]
+    labels = " / ".join(m.label for m in IMAGE_METRICS.values())
+    header = ["rank", "model", "parameters", "mean PSNR"] + [f"{s} {labels}" for s in set_names]
     first = summary[0]
     degraded_mean = float(np.mean([first[f"{s}_psnr_degraded"] for s in set_names]))  # same rule as mean_psnr
 
     def scores(row, suffix=""):
-        return [f"{table_cell(f'{s}_psnr', row[f'{s}_psnr{suffix}'])} / "
-                f"{table_cell(f'{s}_ssim', row[f'{s}_ssim{suffix}'])}" for s in set_names]
+        return [" / ".join(table_cell(f"{s}_{name}", row[f"{s}_{name}{suffix}"]) for name in IMAGE_METRICS)
+                for s in set_names]
 
     rows = [["-", "degraded input", "-", table_cell("mean_psnr", degraded_mean)] + scores(first, "_degraded")]
     for row in summary:

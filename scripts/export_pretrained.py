@@ -17,7 +17,9 @@ import yaml
 
 from deblur_exp.cli import default_data_dir, read_image_sets, run_cli
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import evaluate_set, load_restorer, markdown_table, run_checkpoint, summarize
+from deblur_exp.evaluation import evaluate_set, load_restorer, summarize
+from deblur_exp.run_dir import RunDir, run_checkpoint
+from deblur_exp.tables import markdown_table
 from deblur_exp.pretrained import FOLDER, PREFIX, export
 from deblur_exp.report import load_run
 
@@ -45,7 +47,7 @@ def main() -> int:
         scores = {name: summarize(evaluate_set(restorer, images, "cpu", progress=False)[0])["psnr_restored"]
                   for name, images in sets.items()}
         s = run.summary
-        overrides = yaml.safe_load((run.folder / ".hydra" / "overrides.yaml").read_text()) or []
+        overrides = yaml.safe_load(RunDir(run.folder).overrides.read_text()) or []
         trained = {"recipe": run.recipe, "overrides": overrides, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
                    "stopped_by": s.get("stopped_by", "epochs"), "max_time_s": s.get("max_time_s"),
                    "train_time_s": s["train_time_s"], "device": s.get("device"), "run": run.folder.name}

@@ -18,7 +18,7 @@ from pathlib import Path
 from deblur_exp.cli import default_data_dir, read_image_sets, run_cli
 from deblur_exp.errors import DeblurError
 from deblur_exp.report import find_runs, load_run, score_runs, write_figures, write_report
-from deblur_exp.training import resolve_device
+from deblur_exp.runtime import resolve_device
 
 
 def parse_args() -> argparse.Namespace:

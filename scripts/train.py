@@ -14,13 +14,13 @@ from omegaconf import DictConfig
 
 import deblur_exp.config  # noqa: F401  (registers the config schemas and resolvers with Hydra)
 from deblur_exp.cli import run_hydra_cli
-from deblur_exp.runs import distributed_argv, resume_argv
+from deblur_exp.resume import distributed_argv, resume_argv
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Returns the run's `objective` (the best validation PSNR by default), the value sweepers (Optuna) maximise."""
-    from deblur_exp.sweep import run_job
+    from deblur_exp.jobs import run_job
 
     return run_job(cfg)
 

@@ -68,9 +68,9 @@ def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
     so a schedule over the run, like cosine) as the uninterrupted run has it."""
     import signal
 
-    import deblur_exp.training as training
+    import deblur_exp.tracking as tracking
 
-    append = training.MetricsTable.append
+    append = tracking.MetricsTable.append
 
     def append_then_interrupt(self, row):
         append(self, row)
@@ -78,7 +78,7 @@ def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
             monkeypatch.undo()  # only this run
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(training.MetricsTable, "append", append_then_interrupt)
+    monkeypatch.setattr(tracking.MetricsTable, "append", append_then_interrupt)
 
 
 def write_sharp_images(folder: Path, names=("alpha", "beta"), size=(40, 56)) -> Path:

@@ -9,7 +9,8 @@ import deblur_exp.pretrained as pretrained
 from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.config import REPO_ROOT
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import find_checkpoints, load_restorer, run_checkpoint
+from deblur_exp.evaluation import load_restorer
+from deblur_exp.run_dir import find_checkpoints, run_checkpoint
 from tests.conftest import dataset, run_script, write_sharp_images
 
 SHIPPED = pretrained.manifest()

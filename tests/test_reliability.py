@@ -17,7 +17,8 @@ from deblur_exp.config import REPO_ROOT, DataConfig, DegradationConfig
 from deblur_exp.data.images import write_image
 from deblur_exp.data.patches import load_patches
 from deblur_exp.errors import DeblurError
-from deblur_exp.training import TrainingInterrupted, train
+from deblur_exp.runtime import TrainingInterrupted
+from deblur_exp.training import train
 from tests.conftest import TINY, interrupt_after_epoch, run_script
 
 # Deterministic, dropout on (RNG state matters), four steps an epoch, three epochs.
@@ -95,11 +96,12 @@ elif point == "between-renames":    # last.pt already moved to previous.pt, the 
         if str(dst).endswith("previous.pt") and counted(1): kill()
     checkpoint.os.replace = patched
 elif point == "after-metrics-row":  # epoch 2's row written, its checkpoint not
-    append = training.MetricsTable.append
+    import deblur_exp.tracking as tracking
+    append = tracking.MetricsTable.append
     def patched(self, row):
         append(self, row)
         if row["epoch"] == 2: kill()
-    training.MetricsTable.append = patched
+    tracking.MetricsTable.append = patched
 
 with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
     cfg = compose("train", overrides=[*overrides, f"paths.run_dir={run_dir}", f"paths.cache_dir={cache}"])
@@ -316,7 +318,7 @@ def test_atomic_writes_that_hit_enospc_keep_the_old_file_and_remove_the_temp(tmp
 
     from deblur_exp import atomic
     from deblur_exp.atomic import WriteFailed
-    from deblur_exp.evaluation import write_text
+    from deblur_exp.tables import write_text
 
     target = tmp_path / "summary.md"
     write_text(target, "old")

@@ -50,8 +50,8 @@ def test_report_tables_figures_and_scores_agree_with_the_runs(tiny_sweep, tmp_pa
 
     # The degraded-input row, in the SR protocol, computed here independently
     images, _ = read_folder(set5)
-    spec = DegradationConfig(name="gauss_down3")
-    y_rgb = [(psnr(degrade(i.rgb, spec), i.rgb, y_channel=True, crop_border=3), psnr(degrade(i.rgb, spec), i.rgb))
+    seed = DegradationConfig(name="gauss_down3")
+    y_rgb = [(psnr(degrade(i.rgb, seed), i.rgb, y_channel=True, crop_border=3), psnr(degrade(i.rgb, seed), i.rgb))
              for i in images]
     table = (out / "results.md").read_text()
     baseline = next(line for line in table.splitlines() if "degraded input" in line)

@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deblur_exp.config import REPO_ROOT, swept_job_name
-from deblur_exp.sweep import parallel_jobs
+from deblur_exp.jobs import parallel_jobs
 from tests.conftest import TINY, run_script
 
 FIVE = "deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr"
@@ -185,7 +185,7 @@ def test_parallel_jobs_get_their_own_gpu_and_a_share_of_the_cores(monkeypatch, m
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
 
-    from deblur_exp import sweep
+    from deblur_exp import jobs
 
     cfg = make_cfg(["trainer.device=auto"])
     hydra_cfg = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher."
@@ -195,12 +195,12 @@ def test_parallel_jobs_get_their_own_gpu_and_a_share_of_the_cores(monkeypatch, m
     monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
     monkeypatch.setattr("os.cpu_count", lambda: 12)
     with open_dict(cfg):
-        sweep.apply_job_resources(cfg)
+        jobs.apply_job_resources(cfg)
     assert cfg.trainer.device == "cuda:1" and cfg.trainer.num_threads == 4
 
 
 def test_baseline_row_only_when_every_job_shares_it():
-    from deblur_exp.sweep import shared_baseline
+    from deblur_exp.jobs import shared_baseline
 
     ok = {"status": "ok", "baseline": {"best_val_psnr": 30.0, "Set5_psnr": 28.0}}
     other_degradation = {"status": "ok", "baseline": {"best_val_psnr": 27.5, "Set5_psnr": 25.0}}

@@ -7,7 +7,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.errors import DeblurError
-from deblur_exp.training import METRIC_FIELDS, TrainingInterrupted, train
+from deblur_exp.runtime import TrainingInterrupted
+from deblur_exp.tracking import METRIC_FIELDS
+from deblur_exp.training import train
 from tests.conftest import TINY, dataset, interrupt_after_epoch
 
 
@@ -126,7 +128,7 @@ def test_batches_equal_to_tensor_of_the_permuted_patches(monkeypatch, channels_l
     from torchvision.transforms.functional import to_tensor
 
     from deblur_exp.data.patches import PatchSet
-    from deblur_exp.training import PatchTensors
+    from deblur_exp.batches import PatchTensors
 
     rng = np.random.default_rng(0)
     sharp, degraded = (rng.integers(0, 256, (23, 5, 5, 3), dtype=np.uint8) for _ in range(2))
@@ -169,7 +171,7 @@ def test_patches_that_do_not_fit_the_gpu_stay_in_host_memory(monkeypatch):
     import numpy as np
 
     from deblur_exp.data.patches import PatchSet
-    from deblur_exp.training import PatchTensors
+    from deblur_exp.batches import PatchTensors
 
     sharp = np.zeros((100, 8, 8, 3), np.uint8)  # 2 x 19,200 bytes of patches
     patches = PatchSet(sharp, sharp.copy(), np.zeros(100, np.int64), ["zeros"])
@@ -181,7 +183,7 @@ def test_patches_that_do_not_fit_the_gpu_stay_in_host_memory(monkeypatch):
 def test_a_run_with_host_staged_patches_equals_one_with_resident_patches(make_cfg, tmp_path, monkeypatch):
     """The whole loop (training, validation, image grid) through the staging path gives the same run, bit for
     bit, as with patches on the training device: where the patches live changes speed, never results."""
-    from deblur_exp.training import PatchTensors
+    from deblur_exp.batches import PatchTensors
 
     overrides = [*TINY, "model=srcnn", "trainer.deterministic=true"]
     resident = train(make_cfg(overrides, run_dir=tmp_path / "resident"))

@@ -73,37 +73,37 @@ RESIZERS = {
 }
 
 
-def min_image_size(spec: DegradationConfig) -> int:
+def min_image_size(degradation: DegradationConfig) -> int:
     """Smallest side that survives the downscale (floor(size / scale) >= 1)."""
-    return max(1, spec.scale)
+    return max(1, degradation.scale)
 
 
-def crop_to_scale(sharp: np.ndarray, spec: DegradationConfig) -> np.ndarray:
+def crop_to_scale(sharp: np.ndarray, degradation: DegradationConfig) -> np.ndarray:
     """With ``degradation.crop_to_scale``: shave the bottom/right so each side is a multiple of the scale (the SR
     protocol's ``modcrop``), so down- and up-scaling map pixel grids exactly."""
-    if not spec.crop_to_scale or spec.scale <= 1:
+    if not degradation.crop_to_scale or degradation.scale <= 1:
         return sharp
     height, width = sharp.shape[:2]
-    return sharp[:height - height % spec.scale, :width - width % spec.scale]
+    return sharp[:height - height % degradation.scale, :width - width % degradation.scale]
 
 
-def sharp_for(rgb: np.ndarray, color: str, spec: DegradationConfig, grey: bool = False) -> np.ndarray:
+def sharp_for(rgb: np.ndarray, color: str, degradation: DegradationConfig, grey: bool = False) -> np.ndarray:
     """A read RGB image as the sharp truth that training and scoring use: in ``data.color``, cropped to the
     scale when the degradation asks for it. Training patches and test images both come through here."""
-    return crop_to_scale(to_color(rgb, color, grey), spec)
+    return crop_to_scale(to_color(rgb, color, grey), degradation)
 
 
-def degrade(sharp: np.ndarray, spec: DegradationConfig) -> np.ndarray:
+def degrade(sharp: np.ndarray, degradation: DegradationConfig) -> np.ndarray:
     """Blur, downscale to floor(size/scale) and upscale back to the original size; the shape is kept."""
     height, width = sharp.shape[:2]
-    if min(height, width) < min_image_size(spec):
-        raise DeblurError(f"image of {width}x{height} is too small for degradation.scale={spec.scale}: "
-                          f"each side needs at least {min_image_size(spec)} pixels")
+    if min(height, width) < min_image_size(degradation):
+        raise DeblurError(f"image of {width}x{height} is too small for degradation.scale={degradation.scale}: "
+                          f"each side needs at least {min_image_size(degradation)} pixels")
     degraded = sharp
-    if spec.blur_kernel > 0:
-        kernel = (spec.blur_kernel, spec.blur_kernel)
-        degraded = cv2.GaussianBlur(degraded, kernel, spec.blur_sigma)
-    if spec.scale > 1:
-        small = RESIZERS[spec.down_interp](degraded, (width // spec.scale, height // spec.scale))
-        degraded = RESIZERS[spec.up_interp](small, (width, height))
+    if degradation.blur_kernel > 0:
+        kernel = (degradation.blur_kernel, degradation.blur_kernel)
+        degraded = cv2.GaussianBlur(degraded, kernel, degradation.blur_sigma)
+    if degradation.scale > 1:
+        small = RESIZERS[degradation.down_interp](degraded, (width // degradation.scale, height // degradation.scale))
+        degraded = RESIZERS[degradation.up_interp](small, (width, height))
     return degraded.reshape(sharp.shape)  # OpenCV drops a single channel's axis; put it back

@@ -48,20 +48,21 @@ def cut_patches(image: np.ndarray, size: int, stride: int) -> np.ndarray:
     return np.ascontiguousarray(windows.reshape(-1, image.shape[2], size, size).transpose(0, 2, 3, 1))
 
 
-def degrade_and_cut(sharp: np.ndarray, data: DataConfig, spec: DegradationConfig) -> tuple[np.ndarray, np.ndarray]:
+def degrade_and_cut(sharp: np.ndarray, data: DataConfig,
+                    degradation: DegradationConfig) -> tuple[np.ndarray, np.ndarray]:
     sharp_patches = cut_patches(sharp, data.patch_size, data.stride)
-    if spec.apply_to == "image":
-        return sharp_patches, cut_patches(degrade(sharp, spec), data.patch_size, data.stride)
+    if degradation.apply_to == "image":
+        return sharp_patches, cut_patches(degrade(sharp, degradation), data.patch_size, data.stride)
     degraded = np.empty_like(sharp_patches)
     for i, patch in enumerate(sharp_patches):
-        degraded[i] = degrade(patch, spec)
+        degraded[i] = degrade(patch, degradation)
     return sharp_patches, degraded
 
 
-def build_patch_set(images: list[Image], data: DataConfig, spec: DegradationConfig) -> PatchSet:
+def build_patch_set(images: list[Image], data: DataConfig, degradation: DegradationConfig) -> PatchSet:
     sharp, degraded, index = [], [], []
     for i, image in enumerate(images):
-        s, d = degrade_and_cut(sharp_for(image.rgb, data.color, spec, image.grey), data, spec)
+        s, d = degrade_and_cut(sharp_for(image.rgb, data.color, degradation, image.grey), data, degradation)
         sharp.append(s)
         degraded.append(d)
         index.append(np.full(len(s), i, dtype=np.int64))
@@ -69,14 +70,14 @@ def build_patch_set(images: list[Image], data: DataConfig, spec: DegradationConf
                     [im.name for im in images])
 
 
-def cache_key(fingerprint: list, data: DataConfig, spec: DegradationConfig) -> str:
+def cache_key(fingerprint: list, data: DataConfig, degradation: DegradationConfig) -> str:
     determines = {
         "version": CACHE_VERSION,
         "images": fingerprint,
         "patch_size": data.patch_size,
         "stride": data.stride,
         "color": data.color,
-        "degradation": {k: v for k, v in dataclasses.asdict(spec).items() if k != "name"},
+        "degradation": {k: v for k, v in dataclasses.asdict(degradation).items() if k != "name"},
     }
     return hashlib.sha256(json.dumps(determines, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -101,12 +102,12 @@ def _save_cache(path: Path, patches: PatchSet) -> None:
         log.warning("patch cache not saved: %s", exc)
 
 
-def load_patches(data: DataConfig, spec: DegradationConfig, cache_dir: str | Path | None) -> PatchSet:
-    """Patches for ``data`` degraded by ``spec``, from the cache when possible."""
+def load_patches(data: DataConfig, degradation: DegradationConfig, cache_dir: str | Path | None) -> PatchSet:
+    """Patches for ``data`` degraded by ``degradation``, from the cache when possible."""
     source = image_source(data)
     cache_path = None
     if data.cache and cache_dir:
-        cache_path = Path(cache_dir) / f"patches-{data.name}-{cache_key(source.fingerprint, data, spec)}.npz"
+        cache_path = Path(cache_dir) / f"patches-{data.name}-{cache_key(source.fingerprint, data, degradation)}.npz"
         cached = _load_cache(cache_path)
         if cached is not None:
             log.info("patches: %d from cache %s", len(cached), cache_path)
@@ -115,7 +116,7 @@ def load_patches(data: DataConfig, spec: DegradationConfig, cache_dir: str | Pat
     if not images:
         raise DeblurError(f"data: no usable image of at least {data.patch_size}x{data.patch_size} pixels in "
                           f"{data.root or data.name} (see the warnings above)")
-    patches = build_patch_set(images, data, spec)
+    patches = build_patch_set(images, data, degradation)
     log.info("patches: cut %d from %d images", len(patches), len(images))
     if cache_path is not None:
         _save_cache(cache_path, patches)

@@ -23,12 +23,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from deblur_exp.errors import DeblurError
+from deblur_exp.metrics import IMAGE_METRICS
+from deblur_exp.run_dir import RunDir
 
 log = logging.getLogger("deblur_exp")
-
-ERROR_FILE = "error.txt"
-RUN_SUMMARY = "summary.json"  # written by training into every run folder
-
 
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -58,13 +56,14 @@ def apply_job_resources(cfg: DictConfig) -> None:
 
 def run_job(cfg: DictConfig) -> float:
     """Train, returning the run's objective; see the module docstring for multirun behaviour."""
-    from deblur_exp.training import TrainingInterrupted, train
+    from deblur_exp.runtime import TrainingInterrupted
+    from deblur_exp.training import train
 
     multirun = is_multirun()
     if multirun:
         apply_job_resources(cfg)
         # A re-run job (resume=auto) starts clean: a failure recorded by an earlier attempt no longer holds.
-        (Path(cfg.paths.run_dir) / ERROR_FILE).unlink(missing_ok=True)
+        RunDir(cfg.paths.run_dir).error.unlink(missing_ok=True)
     try:
         return train(cfg)
     except TrainingInterrupted as exc:  # its message is already logged, with the resume command
@@ -83,9 +82,9 @@ def run_job(cfg: DictConfig) -> float:
             log.error("job failed: %s", message)
         else:
             log.exception("job failed: %s", message)
-        run_dir = Path(cfg.paths.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ERROR_FILE).write_text(message + "\n")
+        run = RunDir(cfg.paths.run_dir)
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.error.write_text(message + "\n")
         return float("nan")
 
 
@@ -94,11 +93,12 @@ def remove_unstarted_run(run_dir: Path) -> None:
     log would be in it); a folder holding anything else is left alone."""
     import shutil
 
-    expected = {".hydra", "train.log", "checkpoints", "metrics.csv", "tensorboard"}
+    run = RunDir(run_dir)
+    expected = {p.name for p in (run.hydra, run.log, run.checkpoints, run.metrics, run.tensorboard)}
     if not run_dir.is_dir() or any(p.name not in expected for p in run_dir.iterdir()):
         return
-    metrics = run_dir / "metrics.csv"
-    if any((run_dir / "checkpoints").glob("*.pt")) or (metrics.is_file() and len(metrics.read_text().splitlines()) > 1):
+    metrics = run.metrics
+    if any(run.checkpoints.glob("*.pt")) or (metrics.is_file() and len(metrics.read_text().splitlines()) > 1):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
     with contextlib.suppress(OSError):  # the date folder too, when this run was its only one
@@ -107,21 +107,23 @@ def remove_unstarted_run(run_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ summary
 def job_row(job_dir: Path) -> dict:
-    overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    run = RunDir(job_dir)
+    overrides = yaml.safe_load(run.overrides.read_text()) or []
     row = {"job": job_dir.name, "overrides": " ".join(overrides)}
-    if (job_dir / ERROR_FILE).is_file():
-        return {**row, "status": "failed", "error": (job_dir / ERROR_FILE).read_text().strip()}
-    if not (job_dir / RUN_SUMMARY).is_file():
+    if run.error.is_file():
+        return {**row, "status": "failed", "error": run.error.read_text().strip()}
+    if not run.summary.is_file():
         return {**row, "status": "failed", "error": "no summary.json: the job did not finish (killed?)"}
-    summary = json.loads((job_dir / RUN_SUMMARY).read_text())
+    summary = json.loads(run.summary.read_text())
     row.update(status="ok", model=summary["model"], parameters=summary["parameters"],
                best_val_psnr=summary["best_val_psnr"], best_epoch=summary["best_epoch"],
                epochs=summary["epochs"], train_time_s=summary["train_time_s"], samples_per_s=summary["samples_per_s"])
     # The do-nothing baseline in the same columns: the degraded input scored like the restored output.
     row["baseline"] = {"best_val_psnr": summary.get("val_psnr_degraded")}
     for set_name, scores in summary.get("eval", {}).items():
-        row[f"{set_name}_psnr"], row["baseline"][f"{set_name}_psnr"] = scores["psnr_restored"], scores["psnr_degraded"]
-        row[f"{set_name}_ssim"], row["baseline"][f"{set_name}_ssim"] = scores["ssim_restored"], scores["ssim_degraded"]
+        for name in IMAGE_METRICS:
+            row[f"{set_name}_{name}"] = scores[f"{name}_restored"]
+            row["baseline"][f"{set_name}_{name}"] = scores[f"{name}_degraded"]
     return row
 
 
@@ -132,17 +134,18 @@ def objective_column(objective: str) -> str:
 
 def collect(sweep_dir: Path, objective: str = "val_psnr") -> list[dict]:
     """One row per job folder, best objective (what the sweeper maximised) first, failed jobs last."""
-    jobs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file())
+    jobs = sorted(p for p in sweep_dir.iterdir() if RunDir(p).overrides.is_file())
     rows = [job_row(j) for j in jobs]
     column = objective_column(objective)
     return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get(column) or -math.inf)))
 
 
 def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
-    from deblur_exp.evaluation import markdown_table, table_cell, write_csv, write_text
+    from deblur_exp.tables import markdown_table, table_cell, write_csv, write_text
 
     fields = ["job", "status", "overrides", "model", "parameters", "best_val_psnr", "best_epoch", "epochs"]
-    fields += sorted({k for r in rows for k in r if k.endswith(("_psnr", "_ssim")) and k != "best_val_psnr"})
+    fields += sorted({k for r in rows for k in r if k.endswith(tuple(f"_{m}" for m in IMAGE_METRICS))
+                      and k != "best_val_psnr"})
     fields += ["train_time_s", "samples_per_s", "error"]
     write_csv(sweep_dir / "summary.csv", rows, fields)
     shown = [f for f in fields if f not in ("overrides", "error")]

@@ -1,5 +1,6 @@
-"""Run folders: finding them again, turning ``resume=<run folder>`` into a Hydra command line, and deciding
-what ``resume=auto`` does with a folder that may already hold a run (the way a re-run sweep continues)."""
+"""Resuming from the command line: turning ``resume=<run folder>`` into a Hydra command line, giving torchrun's
+other ranks a scratch folder, and deciding what ``resume=auto`` does with a folder that may already hold a run
+(the way a re-run sweep continues)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from deblur_exp.run_dir import RunDir
 
 
 def _override_key(override: str) -> str:
@@ -33,8 +36,8 @@ def resume_argv(argv: list[str]) -> list[str]:
     if not resumes or resumes[-1] == "resume=auto":  # auto is decided per job, in the job's own folder
         return argv
     run = Path(resumes[-1].split("=", 1)[1].strip("'\"")).expanduser().resolve()
-    saved_file = run / ".hydra" / "overrides.yaml"
-    if not (run / "checkpoints" / "last.pt").is_file() or not saved_file.is_file():
+    saved_file = RunDir(run).overrides
+    if not RunDir(run).last.is_file() or not saved_file.is_file():
         sys.exit(f"error: resume: {run} is not a run folder with checkpoints/last.pt and .hydra/overrides.yaml")
     saved = yaml.safe_load(saved_file.read_text()) or []
     given = {_override_key(a) for a in args if not a.startswith("-")}
@@ -68,7 +71,7 @@ class AutoResume:
 def auto_resume(run_dir: Path, epochs: int, max_time_s: float | None) -> AutoResume:
     """A run is finished when its summary.json says it trained the epochs (or the time budget) asked for now;
     asking for more epochs or a longer budget continues it from last.pt like an unfinished one."""
-    summary_file, last = run_dir / "summary.json", run_dir / "checkpoints" / "last.pt"
+    summary_file, last = RunDir(run_dir).summary, RunDir(run_dir).last
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
         budget_spent = (summary.get("stopped_by") == "max_time"

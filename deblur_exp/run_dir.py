@@ -1,0 +1,151 @@
+"""The run folder's layout: ``RunDir`` names every file a run writes, and finding run folders and their checkpoints.
+
+A new run artefact gets its name here and its writer beside the code that produces it; everything that reads a run
+folder (resume, sweep summaries, reports, evaluation) asks ``RunDir`` where to look.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from deblur_exp.errors import DeblurError
+
+
+class RunDir:
+    """One run's folder. Hydra writes ``.hydra/``; training writes the rest."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def hydra(self) -> Path:
+        return self.path / ".hydra"
+
+    @property
+    def config(self) -> Path:
+        """The resolved config Hydra saved for the run."""
+        return self.hydra / "config.yaml"
+
+    @property
+    def overrides(self) -> Path:
+        """The command-line overrides that made the run (resume and sweep summaries replay them)."""
+        return self.hydra / "overrides.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        """Written after every epoch (and on an interruption): what resume continues from."""
+        return self.checkpoints / "last.pt"
+
+    @property
+    def previous(self) -> Path:
+        """The last.pt before the current one, kept in case the current one is damaged."""
+        return self.checkpoints / "previous.pt"
+
+    @property
+    def best(self) -> Path:
+        """The epoch with the best validation PSNR: what evaluation and inference use."""
+        return self.checkpoints / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        """metrics.csv: one row per epoch."""
+        return self.path / "metrics.csv"
+
+    @property
+    def summary(self) -> Path:
+        """summary.json: what the run reached, written when it ends; a finished run has one."""
+        return self.path / "summary.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def eval(self) -> Path:
+        """Whole-image scores of best.pt: eval/<set>.csv, eval/summary.json, eval/figures/<set>/."""
+        return self.path / "eval"
+
+    def eval_table(self, set_name: str) -> Path:
+        return self.eval / f"{set_name}.csv"
+
+    @property
+    def eval_figures(self) -> Path:
+        return self.eval / "figures"
+
+    def eval_figure(self, set_name: str, image_name: str) -> Path:
+        return self.eval_figures / set_name / f"{image_name}.png"
+
+    @property
+    def error(self) -> Path:
+        """error.txt: why a sweep job failed (written by the sweep runner)."""
+        return self.path / "error.txt"
+
+    def checkpoint(self) -> Path | None:
+        """best.pt, else last.pt, else None."""
+        return next((c for c in (self.best, self.last) if c.is_file()), None)
+
+    def prepare(self) -> None:
+        """Create the folder and prove it is writable now, not after an hour of training."""
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise DeblurError(f"paths.run_dir: cannot write to {self.path} ({exc.strerror or exc}); "
+                              f"choose a writable paths.output_root or set DEBLUR_OUTPUT_DIR") from None
+
+    def attach_log(self) -> logging.Handler:
+        """Send the deblur_exp log to train.log (appending: a resumed run continues its log)."""
+        handler = logging.FileHandler(self.log, mode="a", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logging.getLogger("deblur_exp").addHandler(handler)
+        logging.getLogger("deblur_exp").setLevel(logging.INFO)
+        return handler
+
+    @staticmethod
+    def of_checkpoint(checkpoint: Path) -> "RunDir | None":
+        """The run folder a checkpoint sits in, or None for a checkpoint outside one."""
+        return RunDir(checkpoint.parent.parent) if checkpoint.parent.name == "checkpoints" else None
+
+
+def run_checkpoint(run: Path) -> Path | None:
+    """A run folder's best.pt, else its last.pt, else None."""
+    return RunDir(run).checkpoint()
+
+
+def find_checkpoints(target: str | Path) -> list[Path]:
+    """A checkpoint file, a run folder (its best.pt, else last.pt), a sweep folder (every run in it) or
+    ``pretrained:<name>`` (a model shipped with the package)."""
+    # lazy: pretrained imports checkpoint, which imports this module
+    from deblur_exp.pretrained import is_pretrained, pretrained_path
+
+    if is_pretrained(target):
+        return [pretrained_path(target)]
+    target = Path(target).expanduser()
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise DeblurError(f"{target}: no such checkpoint file or run folder")
+    runs = [target] if RunDir(target).checkpoints.is_dir() else sorted({p.parent.parent
+                                                                        for p in target.rglob("checkpoints/*.pt")})
+    found = [c for c in map(run_checkpoint, runs) if c is not None]
+    if not found:
+        raise DeblurError(f"{target}: holds no checkpoints/best.pt or last.pt (is it a run or sweep folder?)")
+    return found

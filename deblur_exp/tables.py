@@ -1,0 +1,52 @@
+"""Tables and records on disk: CSV, JSON and Markdown writers (atomic: a reader never sees half a file) and the
+number formats the Markdown tables use. Runs, sweeps, evaluation, reports and benchmarks all write through here."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from deblur_exp.atomic import atomic_write
+from deblur_exp.metrics import IMAGE_METRICS
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """Write a table atomically: readers never see a half-written file."""
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temp file + rename)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, default=float))
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def table_cell(field: str, value) -> str:
+    """A number as the markdown tables show it, by its column: a metric (<...>_psnr, <...>_ssim) to its digits
+    (PSNR to 0.01 dB, SSIM to 1e-4), times to 0.1 s, samples/s and parameter counts with separators."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}" if field == "parameters" else str(value)
+    if not isinstance(value, float):
+        return value
+    metric = next((m for name, m in IMAGE_METRICS.items() if field.endswith(f"_{name}")), None)
+    if metric is not None:
+        return f"{value:.{metric.digits}f}"
+    return f"{value:,.0f}" if field == "samples_per_s" else f"{value:.1f}"
+
+
+def _fmt(value):
+    return f"{value:.4f}" if isinstance(value, float) else value

@@ -1,0 +1,169 @@
+"""Run bookkeeping: metrics.csv rows, TensorBoard scalars, images and layout, summary.json and the closing lines.
+
+What a run records about itself lives here; where it goes is ``run_dir.RunDir``'s business.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from deblur_exp.atomic import atomic_write, write_failed
+from deblur_exp.batches import PatchTensors
+from deblur_exp.config import parse_duration
+from deblur_exp.figures import learning_curves
+from deblur_exp.metrics import IMAGE_METRICS
+from deblur_exp.run_dir import RunDir
+from deblur_exp.runtime import Distributed, describe_device
+from deblur_exp.tables import write_json
+
+log = logging.getLogger("deblur_exp")
+
+
+METRIC_FIELDS = ["epoch", "train_loss", "val_loss", "val_psnr", "val_psnr_degraded", "lr", "epoch_time_s",
+                 "samples_per_s"]
+
+
+class _NoWriter:
+    """Stands in for the TensorBoard writer on ranks other than 0: only rank 0 writes."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class MetricsTable:
+    """metrics.csv, one row per epoch; on resume, rows past the checkpoint's epoch are dropped."""
+
+    def __init__(self, path: Path, keep_through_epoch: int):
+        self.path = path
+        rows = []
+        if path.exists() and keep_through_epoch > 0:
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
+        with atomic_write(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, METRIC_FIELDS).writerow(row)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
+
+
+def image_grid(model, val_set, count, autocast, channels_last) -> torch.Tensor:
+    """degraded | restored | sharp rows for ``count`` fixed validation patches, as a CHW image."""
+    from torchvision.utils import make_grid
+
+    picks = torch.linspace(0, len(val_set) - 1, min(count, len(val_set))).long().to(val_set.sharp.device)
+    subset = PatchTensors(val_set.sharp[picks], val_set.degraded[picks], val_set.device)
+    degraded, sharp = next(subset.batches(len(subset), channels_last=channels_last))
+    model.eval()
+    with torch.no_grad(), autocast():
+        restored = model(degraded).float().clamp(0, 1)
+    rows = torch.stack([degraded, restored, sharp], dim=1).flatten(0, 1)
+    return make_grid(rows.float().cpu(), nrow=3, padding=2)
+
+
+SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/psnr": "val_psnr",
+           "val/psnr_degraded": "val_psnr_degraded", "lr": "lr", "perf/samples_per_s": "samples_per_s",
+           "perf/epoch_time_s": "epoch_time_s"}
+
+
+# TensorBoard's CUSTOM SCALARS tab: restored and degraded PSNR on one chart, so the moment the model beats its
+# input shows; train and validation loss on another.
+CUSTOM_SCALARS = {"restoration": {
+    "validation PSNR: restored vs degraded input (dB)": ["Multiline", ["val/psnr", "val/psnr_degraded"]],
+    "loss: train vs validation": ["Multiline", ["train/loss", "val/loss"]],
+    "learning rate": ["Multiline", ["lr"]],
+}}
+
+
+def report_epoch(row: dict, writer, epochs: int) -> None:
+    """One epoch's row to TensorBoard scalars and one log line."""
+    for tag, key in SCALARS.items():
+        writer.add_scalar(tag, row[key], row["epoch"])
+    log.info("epoch %d/%d  train_loss %.6f  val_loss %.6f  val_psnr %.3f dB (degraded %.3f)  lr %.2e  %.1fs  "
+             "%.0f samples/s", row["epoch"], epochs, row["train_loss"], row["val_loss"], row["val_psnr"],
+             row["val_psnr_degraded"], row["lr"], row["epoch_time_s"], row["samples_per_s"])
+
+
+def write_run_summary(cfg, run: RunDir, writer, parameters: int, best_psnr: float, best_epoch: int,
+                      eval_summary: dict, stopped_by: str = "epochs", device: torch.device | None = None) -> dict:
+    """summary.json (read by the sweep summary) and the TensorBoard HPARAMS entry for this run; returns the summary."""
+    with open(run.metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = {
+        "model": cfg.model.name, "parameters": parameters, "best_val_psnr": best_psnr, "best_epoch": best_epoch,
+        "epochs": len(rows), "train_time_s": round(sum(float(r["epoch_time_s"]) for r in rows), 2),
+        "samples_per_s": round(float(np.mean([float(r["samples_per_s"]) for r in rows])), 1) if rows else 0.0,
+        "val_psnr_degraded": float(rows[-1]["val_psnr_degraded"]) if rows else None,
+        # "epochs": all trainer.epochs ran; "max_time": the wall-clock budget ended training
+        "stopped_by": stopped_by, "max_time_s": parse_duration(cfg.trainer.max_time),
+        "device": describe_device(device),
+        "eval": eval_summary,
+    }
+    write_json(run.summary, summary)
+    baseline = {"degraded input": summary["val_psnr_degraded"]} if rows else {}
+    learning_curves(run.curves, {cfg.model.name: rows}, baseline, title=run.path.name)
+    log_run_end(run, summary, figures=cfg.eval.figures)
+    hparams = {
+        "model": cfg.model.name, "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "lr": cfg.optimizer.lr,
+        "scheduler": str(cfg.scheduler.get("_target_") or "none").rsplit(".", 1)[-1], "loss": cfg.trainer.loss,
+        "batch_size": cfg.trainer.batch_size, "epochs": cfg.trainer.epochs, "seed": cfg.trainer.seed,
+        "data": cfg.data.name, "patch_size": cfg.data.patch_size, "stride": cfg.data.stride, "split": cfg.data.split,
+        "degradation": cfg.degradation.name, "scale": cfg.degradation.scale, "blur_kernel": cfg.degradation.blur_kernel,
+        "apply_to": cfg.degradation.apply_to, "precision": cfg.trainer.precision,
+    }
+    metrics = {"hparam/best_val_psnr": best_psnr}
+    for set_name, scores in eval_summary.items():
+        for name in IMAGE_METRICS:
+            metrics[f"hparam/{set_name}_{name}"] = scores[f"{name}_restored"]
+    writer.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder, beside its curves
+    return summary
+
+
+def log_run_end(run: RunDir, summary: dict, figures: bool) -> None:
+    """The last lines of a run: what it reached against the degraded input, and where to look."""
+    lines = ["run summary:"]
+    degraded = summary["val_psnr_degraded"]
+    if degraded is not None:
+        lines.append(f"  validation: best PSNR {summary['best_val_psnr']:.2f} dB at epoch {summary['best_epoch']}, "
+                     f"{summary['best_val_psnr'] - degraded:+.2f} dB over the degraded input ({degraded:.2f} dB)")
+    for set_name, scores in summary["eval"].items():
+        gain = scores["psnr_restored"] - scores["psnr_degraded"]
+        lines.append(f"  {set_name}: PSNR {scores['psnr_restored']:.2f} dB, {gain:+.2f} dB over the degraded "
+                     f"input ({scores['psnr_degraded']:.2f} dB) on {scores['images']} image(s)")
+    if summary["stopped_by"] == "max_time":
+        lines.append(f"  stopped by trainer.max_time after {summary['epochs']} epochs")
+    shown = [run.curves, *([run.eval_figures] if figures and summary["eval"] else []), run.metrics, run.best]
+    names = [f"{p.relative_to(run.path).as_posix()}{'/' if p.suffix == '' else ''}" for p in shown]
+    lines.append(f"  run folder: {run.path} ({', '.join(names)})")
+    lines.append(f"  look at it: tensorboard --logdir {run.tensorboard}")
+    log.info("\n".join(lines))
+
+
+def open_tracking(cfg: DictConfig, run: RunDir, dist: Distributed, start_epoch: int):
+    """(metrics.csv table, TensorBoard writer) for this run; on a resume both drop what came after the checkpoint's
+    epoch. Ranks other than 0 get stand-ins that write nothing."""
+    if not dist.is_main:
+        return _NoWriter(), _NoWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    metrics = MetricsTable(run.metrics, keep_through_epoch=start_epoch)
+    writer = SummaryWriter(str(run.tensorboard), purge_step=start_epoch + 1 if start_epoch else None)
+    if start_epoch == 0:
+        writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```", 0)
+        writer.add_custom_scalars(CUSTOM_SCALARS)
+    return metrics, writer
