@@ -151,7 +151,7 @@ class CosineConfig(SchedulerConfig):
 class TrainerConfig:
     device: str = "auto"
     epochs: int = 6
-    batch_size: int = 30
+    batch_size: int = 4
     val_batch_size: Optional[int] = None
     loss: str = "mse"
     seed: int = 42
@@ -159,7 +159,8 @@ class TrainerConfig:
     limit_val_batches: Optional[int] = None
     image_every: int = 5
     num_image_samples: int = 8
-    precision: str = "32"
+    precision: str = "auto"
+    dropout: float = 0.0
     channels_last: Optional[bool] = None
     patches_on_device: Optional[bool] = None
     compile: bool = False
@@ -345,6 +346,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("limit_train_batches", "limit_val_batches"):
         need(trainer[key] is None or trainer[key] > 0, f"trainer.{key}", "must be positive or null (all batches)")
     need(trainer.image_every > 0, "trainer.image_every", "must be a positive integer")
+    need(0 <= trainer.dropout < 1, "trainer.dropout", "must lie in [0, 1)")
     need(trainer.device in ("auto", "cpu") or trainer.device.split(":")[0] == "cuda", "trainer.device",
          "must be auto, cpu, cuda or cuda:N")
     need(data.patch_size > 0, "data.patch_size", "must be a positive integer")

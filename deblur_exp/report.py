@@ -21,6 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.data.degrade import degrade, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.errors import DeblurError
@@ -91,14 +92,18 @@ def recipe_of(folder: Path, config: dict) -> str:
                       "defaults")
     schedule = str(config["scheduler"].get("_target_") or "constant").rsplit(".", 1)[-1]
     t = config["trainer"]
+    dropout = config["model"].get("params", {}).get("dropout")
     return (f"{experiment}: degrade per {config['degradation']['apply_to']}, split by {config['data']['split']}; "
-            f"{schedule}, lr {config['optimizer']['lr']:g}, batch {t['batch_size']}, {t['loss']}")
+            f"{schedule}, lr {config['optimizer']['lr']:g}, batch {t['batch_size']}, {t['loss']}, "
+            f"{'fp32' if t.get('precision', '32') == '32' else t['precision']}"
+            + (f", dropout {dropout:g}" if dropout is not None else ""))
 
 
 def load_run(folder: Path) -> RunResult:
     run = RunDir(folder)
     summary = json.loads(run.summary.read_text())
-    config = OmegaConf.to_container(OmegaConf.load(run.config))
+    # The checkpoint's config is the one the run trained with, resolved (e.g. trainer.precision=auto -> bf16).
+    config = OmegaConf.to_container(OmegaConf.create(load_checkpoint(run_checkpoint(folder))["config"]))
     with open(run.metrics, newline="") as f:
         metrics = list(csv.DictReader(f))
     return RunResult(folder, summary, config, metrics, recipe_of(folder, config))

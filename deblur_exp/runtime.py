@@ -90,13 +90,27 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-# trainer.precision -> the autocast dtype (None: plain fp32); config takes the choices from here.
-PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# trainer.precision -> the autocast dtype (None: plain fp32); config takes the choices from here. "auto" is
+# resolved per device by resolve_precision before anything is built.
+PRECISIONS = {"auto": None, "32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``trainer.precision=auto``: bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX), where it trains
+    twice as many samples per second at the same quality per epoch (results/precision_cpu/); plain fp32 elsewhere:
+    CPUs without them emulate bf16 (slower), and on CUDA bf16 still awaits its equal-epochs check against fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cpu":
+        capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # torch >= 2.3
+        if capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"):
+            return "bf16"
+    return "32"
 
 
 def autocast_for(precision: str, device: torch.device):
     """The autocast context for ``trainer.precision``; fp16 needs CUDA (CPU has no fast fp16 kernels)."""
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS[resolve_precision(precision, device)]
     if dtype is None:
         return contextlib.nullcontext
     if dtype is torch.float16 and device.type != "cuda":

@@ -35,7 +35,7 @@ from deblur_exp.models import build_model, count_parameters
 from deblur_exp.run_dir import RunDir
 from deblur_exp.resume import auto_resume
 from deblur_exp.runtime import (Distributed, StopFlag, TimeBudget, TrainingInterrupted, autocast_for, init_distributed,
-                                resolve_device, restore_rng, rng_state, seed_everything)
+                                resolve_device, resolve_precision, restore_rng, rng_state, seed_everything)
 from deblur_exp.schedules import make_scheduler, schedule_hook, step_scheduler
 from deblur_exp.tracking import image_grid, open_tracking, report_epoch, write_run_summary
 
@@ -159,6 +159,9 @@ class Progress:
 
 def set_up_runtime(t: DictConfig) -> tuple[torch.device, Numerics]:
     dist, device = init_distributed(resolve_device(t.device))
+    if t.precision == "auto":  # from here on (log, checkpoints, summary) the run names what it used
+        t.precision = resolve_precision(t.precision, device)
+        log.info("trainer.precision=auto: %s on %s", t.precision, device.type)
     if not dist.is_main:
         log.setLevel(logging.WARNING)
     if t.num_threads:

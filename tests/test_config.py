@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -42,6 +43,28 @@ def test_seed_experiment_settings(make_cfg):
     assert (cfg.scheduler.patience, cfg.scheduler.factor) == (5, 0.5)
     assert (list(cfg.optimizer.betas), cfg.optimizer.weight_decay, cfg.data.val_fraction) == ([0.9, 0.999], 0.0, 0.1)
     assert (cfg.degradation.down_interp, cfg.degradation.up_interp, cfg.degradation.blur_sigma) == ("area", "linear", 0)
+    assert (cfg.trainer.precision, cfg.trainer.dropout) == ("32", 0.2)  # fp32, and the seed's Dropout2d rate
+
+
+@pytest.mark.parametrize("model", ["deblurcnn", "deblurcnn_res", "deblursuperrescnn"])
+def test_the_recipe_sets_the_dropout_of_the_seed_models(make_cfg, model):
+    """The deblurcnn family's Dropout2d rate is the recipe's trainer.dropout: 0 by default, the seed's 0.2 under
+    experiment=seed, and what a model.params.dropout override says."""
+    from deblur_exp.models import build_model
+
+    def dropout_rates(cfg):
+        modules = build_model(cfg.model.name, **cfg.model.params).modules()
+        return {m.p for m in modules if isinstance(m, torch.nn.Dropout2d)}
+
+    assert dropout_rates(make_cfg([f"model={model}"])) == {0.0}
+    assert dropout_rates(make_cfg([f"model={model}", "experiment=seed"])) == {0.2}
+    assert dropout_rates(make_cfg([f"model={model}", "trainer.dropout=0.1"])) == {0.1}
+    assert dropout_rates(make_cfg([f"model={model}", "model.params.dropout=0.3"])) == {0.3}
+
+
+def test_dropout_outside_0_1_is_refused(make_cfg):
+    with pytest.raises(DeblurError, match=r"trainer\.dropout: must lie in \[0, 1\)"):
+        check_config(make_cfg(["trainer.dropout=1.5"]))
 
 
 def test_shell_style_overrides(make_cfg):

@@ -5,11 +5,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from deblur_exp.config import DegradationConfig
 from deblur_exp.data.degrade import degrade
 from deblur_exp.data.images import read_folder
 from deblur_exp.metrics import psnr
+from deblur_exp.runtime import resolve_precision
 from tests.conftest import TINY, dataset, run_script
 
 
@@ -45,7 +47,10 @@ def test_report_tables_figures_and_scores_agree_with_the_runs(tiny_sweep, tmp_pa
         assert float(row["Set5_rgb_psnr"]) == pytest.approx(summary["eval"]["Set5"]["psnr_restored"], abs=1e-4)
         assert float(row["Set5_rgb_ssim"]) == pytest.approx(summary["eval"]["Set5"]["ssim_restored"], abs=1e-4)
         assert row["epochs"] == "2" and row["stopped_by"] == "epochs" and row["device"].startswith("cpu")
-        assert row["recipe"] == "defaults: degrade per image, split by image; WarmupCosine, lr 0.0005, batch 8, mse"
+        precision = "fp32" if resolve_precision("auto", torch.device("cpu")) == "32" else "bf16"  # as trained here
+        dropout = ", dropout 0" if model == "deblurcnn_res" else ""  # srcnn has no dropout
+        assert row["recipe"] == ("defaults: degrade per image, split by image; WarmupCosine, lr 0.0003, batch 8, mse, "
+                                 f"{precision}{dropout}")
         assert (job / "curves.png").stat().st_size > 0  # every run draws its own curves when it ends
 
     # The degraded-input row, in the SR protocol, computed here independently

@@ -120,12 +120,14 @@ def test_optuna_search_maximises_the_returned_metric(tmp_path):
     assert best_value == pytest.approx(max(float(r["best_val_psnr"]) for r in rows), abs=1e-4)  # csv: 4 decimals
 
 
-def test_the_recipe_search_scores_held_out_images_and_never_the_test_sets(make_cfg):
+@pytest.mark.parametrize("search,model", [("recipe_cpu", "edsr"), ("recipe_cpu_deblurcnn", "deblurcnn_res")])
+def test_the_recipe_search_scores_held_out_images_and_never_the_test_sets(make_cfg, search, model):
     from deblur_exp.config import check_config
 
-    cfg = make_cfg(["hparams_search=recipe_cpu"])
+    cfg = make_cfg([f"hparams_search={search}"])
     assert (cfg.objective, cfg.data.split, list(cfg.eval.sets), cfg.eval.held_out) == ("held_out", "image", [], True)
-    assert cfg.trainer.max_time is not None and cfg.data.name == "t91"
+    assert cfg.trainer.max_time is not None and cfg.data.name == "t91" and cfg.model.name == model
+    assert cfg.trainer.precision == "32"  # as the committed trials ran; a trial's own override still wins
     check_config(cfg)
 
 

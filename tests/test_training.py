@@ -83,6 +83,27 @@ def test_bf16_autocast_runs_on_cpu(make_cfg):
     assert train(make_cfg([*TINY, "model=srcnn", "trainer.precision=bf16", "trainer.epochs=1"])) > 0
 
 
+@pytest.mark.parametrize("capabilities,expected", [({"avx512_bf16": True}, "bf16"), ({"amx_bf16": True}, "bf16"),
+                                                   ({"avx512_bf16": False, "avx2": True}, "32"), ({}, "32")])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, capabilities, expected):
+    from deblur_exp.runtime import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("auto", torch.device("cuda")) == "32"  # until bf16 is checked against fp32 on a GPU
+    assert resolve_precision("32", torch.device("cpu")) == "32"
+    assert resolve_precision("bf16", torch.device("cuda")) == "bf16"
+
+
+def test_a_run_records_the_precision_auto_chose(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    run = tmp_path / "auto"
+    train(make_cfg([*TINY, "model=srcnn", "trainer.precision=auto", "trainer.epochs=1"], run_dir=run))
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert "precision: bf16" in state["config"]
+    assert "trainer.precision=auto: bf16 on cpu" in (run / "train.log").read_text()
+
+
 def test_fp16_on_cpu_is_refused(make_cfg):
     with pytest.raises(DeblurError, match="fp16 needs a CUDA device"):
         train(make_cfg([*TINY, "trainer.precision=fp16"]))
