@@ -175,10 +175,11 @@ def evaluate_run(cfg: DictConfig, run: RunDir, device, writer, held_out, step: i
         write_csv(run.eval_table(set_name), rows, IMAGE_FIELDS)
         summary[set_name] = summarize(rows)
         for key in IMAGE_METRICS:
-            writer.add_scalar(f"eval/{set_name}/{key}", summary[set_name][f"{key}_restored"], step)
-            writer.add_scalar(f"eval/{set_name}/{key}_degraded", summary[set_name][f"{key}_degraded"], step)
+            writer.add_scalar(f"whole_images/{set_name}/{key}", summary[set_name][f"{key}_restored"], step)
+            writer.add_scalar(f"whole_images/{set_name}/{key}_degraded", summary[set_name][f"{key}_degraded"], step)
         for name, strip in shown:
-            writer.add_image(f"eval/{set_name}/{name} degraded|restored|sharp", strip, step, dataformats="HWC")
+            writer.add_image(f"whole_images/{set_name}/{name} degraded|restored|sharp", strip, step,
+                             dataformats="HWC")
         log.info("eval %s: %d images, %s", set_name, len(rows), describe_scores(summary[set_name]))
     write_json(run.eval / "summary.json", summary)
     writer.flush()

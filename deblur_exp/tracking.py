@@ -76,17 +76,22 @@ def image_grid(model, val_set, count, autocast, channels_last) -> torch.Tensor:
     return make_grid(rows.float().cpu(), nrow=3, padding=2)
 
 
-SCALARS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/psnr": "val_psnr",
-           "val/psnr_degraded": "val_psnr_degraded", "lr": "lr", "perf/samples_per_s": "samples_per_s",
-           "perf/epoch_time_s": "epoch_time_s"}
+# TensorBoard tags. Its TIME SERIES tab (the one it opens on) sorts tag groups by name, so the per-epoch curves
+# come first (loss, psnr), then the image samples, schedule and speed, and the single-point end-of-run scores last
+# (summary/: the HPARAMS metrics, whole_images/: the eval sets, written by evaluation.evaluate_run).
+SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "psnr/val": "val_psnr",
+           "psnr/val_degraded": "val_psnr_degraded", "schedule/lr": "lr", "speed/samples_per_s": "samples_per_s",
+           "speed/epoch_time_s": "epoch_time_s"}
+SAMPLES_TAG = "samples/val degraded|restored|sharp"
+SUMMARY_PREFIX = "summary"
 
 
 # TensorBoard's CUSTOM SCALARS tab: restored and degraded PSNR on one chart, so the moment the model beats its
 # input shows; train and validation loss on another.
 CUSTOM_SCALARS = {"restoration": {
-    "validation PSNR: restored vs degraded input (dB)": ["Multiline", ["val/psnr", "val/psnr_degraded"]],
-    "loss: train vs validation": ["Multiline", ["train/loss", "val/loss"]],
-    "learning rate": ["Multiline", ["lr"]],
+    "validation PSNR: restored vs degraded input (dB)": ["Multiline", ["psnr/val", "psnr/val_degraded"]],
+    "loss: train vs validation": ["Multiline", ["loss/train", "loss/val"]],
+    "learning rate": ["Multiline", ["schedule/lr"]],
 }}
 
 
@@ -126,10 +131,10 @@ def write_run_summary(cfg, run: RunDir, writer, parameters: int, best_psnr: floa
         "degradation": cfg.degradation.name, "scale": cfg.degradation.scale, "blur_kernel": cfg.degradation.blur_kernel,
         "apply_to": cfg.degradation.apply_to, "precision": cfg.trainer.precision,
     }
-    metrics = {"hparam/best_val_psnr": best_psnr}
+    metrics = {f"{SUMMARY_PREFIX}/best_val_psnr": best_psnr}
     for set_name, scores in eval_summary.items():
         for name in IMAGE_METRICS:
-            metrics[f"hparam/{set_name}_{name}"] = scores[f"{name}_restored"]
+            metrics[f"{SUMMARY_PREFIX}/{set_name}_{name}"] = scores[f"{name}_restored"]
     writer.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder, beside its curves
     return summary
 

@@ -37,7 +37,7 @@ from deblur_exp.resume import auto_resume
 from deblur_exp.runtime import (Distributed, StopFlag, TimeBudget, TrainingInterrupted, autocast_for, init_distributed,
                                 resolve_device, resolve_precision, restore_rng, rng_state, seed_everything)
 from deblur_exp.schedules import make_scheduler, schedule_hook, step_scheduler
-from deblur_exp.tracking import image_grid, open_tracking, report_epoch, write_run_summary
+from deblur_exp.tracking import SAMPLES_TAG, image_grid, open_tracking, report_epoch, write_run_summary
 
 log = logging.getLogger("deblur_exp")
 
@@ -264,7 +264,7 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
             metrics.append(row)
             report_epoch(row, writer, t.epochs)
             if dist.is_main and (epoch == 1 or epoch % t.image_every == 0 or epoch == t.epochs):
-                writer.add_image("val/degraded|restored|sharp",
+                writer.add_image(SAMPLES_TAG,
                                  image_grid(parts.model, val_set, t.num_image_samples, numerics.autocast,
                                             numerics.channels_last), epoch)
             writer.flush()

@@ -35,8 +35,9 @@ def test_training_ends_with_evaluation(make_cfg, tmp_path):
     assert summary["images"]["psnr_degraded"] == pytest.approx(25.98, abs=0.005)
     assert (run_dir / "eval" / "figures" / "held_out" / "chelsea.png").is_file()
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
-    assert {"eval/Mini/psnr", "eval/images/ssim", "eval/held_out/psnr_degraded"} <= set(events.Tags()["scalars"])
-    assert any(tag.startswith("eval/images/") for tag in events.Tags()["images"])
+    assert {"whole_images/Mini/psnr", "whole_images/images/ssim", "whole_images/held_out/psnr_degraded"} <= set(
+        events.Tags()["scalars"])
+    assert any(tag.startswith("whole_images/images/") for tag in events.Tags()["images"])
 
 
 @pytest.mark.slow
