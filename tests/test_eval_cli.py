@@ -65,6 +65,7 @@ def test_evaluate_script_writes_tables_and_figures(trained_run, tmp_path):
     assert (out / "compare_butterfly.png").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_on_set5_with_a_sweep_folder(trained_run, tmp_path):
     set5 = dataset("Set5")
     sweep = tmp_path / "sweep"
@@ -89,6 +90,7 @@ def test_evaluate_refuses_a_checkpoint_of_another_architecture(trained_run, tmp_
     assert "holds a 'srcnn' model but the config asks for 'dncnn'" in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_one_line(tmp_path):
     for script, args in (("evaluate.py", [str(tmp_path / "nope.pt")]),
                          ("deblur.py", ["--model", str(tmp_path / "nope"), str(tmp_path), "--out", str(tmp_path)])):
@@ -165,6 +167,7 @@ def test_deblur_writes_to_a_fresh_default_folder_and_ends_simulate_with_the_mean
     assert "mean of 2 images: PSNR" in result.stdout and f"-> {mean:.2f} dB" in result.stdout
 
 
+@pytest.mark.slow
 def test_deblur_keeps_grey_grey_and_alpha_untouched_and_warns_on_sharp_inputs(trained_run, tmp_path):
     import cv2
 

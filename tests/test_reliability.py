@@ -266,6 +266,7 @@ def test_hostile_folder_in_data_preparation(hostile, caplog):
         assert name in caplog.text, name
 
 
+@pytest.mark.slow
 def test_hostile_folder_in_evaluate_and_deblur(hostile, trained_run, tmp_path):
     before = sorted(p.name for p in hostile.iterdir())
     out = tmp_path / "eval"

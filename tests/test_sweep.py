@@ -59,6 +59,7 @@ def test_five_model_sweep_ends_in_a_comparison(tmp_path):
     assert "summary/best_val_psnr" in events.Tags()["scalars"]
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_listed_and_does_not_stop_the_others(tmp_path):
     quick = [o for o in QUICK if not o.startswith("data.patch_size")]
     result = run_script("train.py", "-m", "model=srcnn", "data.patch_size=16,2", *quick,
