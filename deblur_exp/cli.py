@@ -30,7 +30,6 @@ def add_eval_options(parser, *keys: str) -> None:
     """Add ``--<key>`` options whose defaults and help come from conf/eval/default.yaml (its values and its line
     comments) and whose types come from the eval schema, so scripts never restate the training-time eval settings.
     """
-    import dataclasses
     import re
     import typing
 
@@ -40,15 +39,14 @@ def add_eval_options(parser, *keys: str) -> None:
 
     source = CONF_DIR / "eval" / "default.yaml"
     text = source.read_text()
-    values = OmegaConf.load(source)
-    types = {f.name: f.type for f in dataclasses.fields(EvalConfig)}
+    values = OmegaConf.to_container(OmegaConf.load(source))
     hints = typing.get_type_hints(EvalConfig)
     for key in keys:
         comment = re.search(rf"^{key}:[^#\n]*#\s*(.+)$", text, re.MULTILINE)
-        default = OmegaConf.to_container(values)[key] if key in values else None
+        default = values.get(key)
         help_text = f"{comment.group(1).strip() if comment else key} (default: {default})"
         flag = "--" + key.replace("_", "-")
-        hint = hints.get(key, types.get(key))
+        hint = hints[key]
         if hint is bool:
             parser.add_argument(flag, action="store_true", default=default, help=help_text)
         elif typing.get_origin(hint) is list:
