@@ -61,6 +61,15 @@ def test_residual_variants_start_from_the_input():
             assert torch.allclose(model(degraded), degraded)
 
 
+def test_edsr_global_skip_adds_the_input_and_no_parameters():
+    degraded = torch.rand(1, 3, 9, 9)
+    plain, skip = build_model("edsr").eval(), build_model("edsr", global_skip=True).eval()
+    skip.load_state_dict(plain.state_dict())  # same weights: the skip is the only difference
+    assert count_parameters(skip) == PARAMETERS["edsr"]
+    with torch.no_grad():
+        assert torch.allclose(skip(degraded), plain(degraded) + degraded)
+
+
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(DeblurError, match="unknown model 'unet'.*deblurcnn, deblurcnn_res.*srcnn"):
         build_model("unet")
