@@ -1,5 +1,8 @@
 """Typed schemas for every config group, registered in Hydra's ConfigStore.
 
+The degradation's schema and checks live with the degradation itself (``deblur_exp/data/degrade.py``), as the
+models' parameters live with the models, so a new kind of either is one module plus a YAML.
+
 The YAML files under ``conf/`` hold the values and a comment per key; these dataclasses hold the types, so a
 typo'd key or a string where a number belongs fails when the config is composed, naming the key. Range and
 consistency checks that types cannot express live in :func:`check_config`.
@@ -18,6 +21,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from deblur_exp.data.degrade import DegradationConfig, degradation_problems
 from deblur_exp.errors import DeblurError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,18 +96,6 @@ class DataConfig:
     url: Optional[str] = None
     sha256: Optional[str] = None
     expected_images: Optional[int] = None
-
-
-@dataclass
-class DegradationConfig:
-    name: str = MISSING
-    blur_kernel: int = 7
-    blur_sigma: float = 0.0
-    scale: int = 3
-    down_interp: str = "area"
-    up_interp: str = "linear"
-    apply_to: str = "image"
-    crop_to_scale: bool = False
 
 
 @dataclass
@@ -238,7 +230,6 @@ COLOR_CHANNELS = {"rgb": 3, "y": 1}  # data.color -> channels of every image, pa
 CHOICES = {
     "data.source": ("sample", "folder"),
     "data.split": ("patch", "image"),
-    "degradation.apply_to": ("patch", "image"),
     "data.color": ("rgb", "y"),
     "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
@@ -327,13 +318,11 @@ def check_config(cfg: DictConfig) -> None:
         if not ok:
             raise DeblurError(f"{key}: {message} (got {OmegaConf.select(cfg, key)!r})")
 
-    # The resizers', losses' and precisions' own tables are the lists of choices.
-    from deblur_exp.data.degrade import RESIZERS
+    # The losses' and precisions' own tables are the lists of choices.
     from deblur_exp.losses import LOSSES
     from deblur_exp.runtime import PRECISIONS
 
-    choices = {**CHOICES, "degradation.down_interp": tuple(RESIZERS), "degradation.up_interp": tuple(RESIZERS),
-               "trainer.loss": tuple(LOSSES), "trainer.precision": tuple(PRECISIONS)}
+    choices = {**CHOICES, "trainer.loss": tuple(LOSSES), "trainer.precision": tuple(PRECISIONS)}
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         need(str(value) in allowed, key, f"must be one of {', '.join(allowed)}")
@@ -352,13 +341,10 @@ def check_config(cfg: DictConfig) -> None:
     need(data.patch_size > 0, "data.patch_size", "must be a positive integer")
     need(data.stride >= 1, "data.stride", "must be at least 1")
     need(0 < data.val_fraction < 1, "data.val_fraction", "must lie strictly between 0 and 1")
-    need(degradation.scale >= 1, "degradation.scale", "must be at least 1 (1 = no down/up-scaling)")
+    for key, problem in degradation_problems(degradation):  # the degradation checks its own settings
+        need(False, f"degradation.{key}", problem)
     need(data.patch_size // degradation.scale >= 1, "data.patch_size",
          f"is smaller than degradation.scale={degradation.scale}; a patch must survive the downscale")
-    need(degradation.blur_kernel == 0 or (degradation.blur_kernel > 0 and degradation.blur_kernel % 2 == 1),
-         "degradation.blur_kernel",
-         "must be 0 (no blur) or a positive odd number")
-    need(degradation.blur_sigma >= 0, "degradation.blur_sigma", "must be >= 0 (0 = derive from the kernel size)")
     need(math.isfinite(cfg.optimizer.lr), "optimizer.lr", "must be finite")
     try:
         parse_duration(trainer.max_time)

@@ -1,20 +1,40 @@
-"""The degradation: Gaussian blur, then down- and up-scaling, on uint8 arrays (HxWx3 RGB or HxWx1 luma).
+"""The degradation, all of it: its settings (the schema of ``conf/degradation/``), their checks, and the steps
+(Gaussian blur, then down- and up-scaling) applied to uint8 arrays (HxWx3 RGB or HxWx1 luma).
 
 The same function degrades training patches, whole training images and whole test images, so what the
 model learns and what it is scored on are produced by one piece of code. Resizing is OpenCV's, or MATLAB's
 ``imresize`` bicubic (``matlab_bicubic``), which the super-resolution literature's published numbers use.
+
+A new degradation kind (noise, motion blur, JPEG...) is a change to this module alone plus a YAML in
+``conf/degradation/``: a step function appended to ``STEPS``, its settings in ``DegradationConfig`` and their
+checks in ``degradation_problems``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
+from typing import Iterator
 
 import cv2
 import numpy as np
+from omegaconf import MISSING
 
-from deblur_exp.config import DegradationConfig
 from deblur_exp.data.images import to_color
 from deblur_exp.errors import DeblurError
+
+
+@dataclass
+class DegradationConfig:
+    """Hydra's schema for the ``degradation`` group; each YAML there documents what the values mean."""
+    name: str = MISSING          # label in logs and in the patch-cache key
+    blur_kernel: int = 7         # blur step: odd kernel side, 0 = no blur
+    blur_sigma: float = 0.0      # 0 = OpenCV derives it from the kernel
+    scale: int = 3               # resample step: 1 = none
+    down_interp: str = "area"    # a RESIZERS name
+    up_interp: str = "linear"    # a RESIZERS name
+    apply_to: str = "image"      # image: degrade whole images, then cut patches; patch: each patch on its own
+    crop_to_scale: bool = False  # crop images to a multiple of the scale first (the SR protocol's modcrop)
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -73,6 +93,24 @@ RESIZERS = {
 }
 
 
+APPLY_TO = ("patch", "image")
+
+
+def degradation_problems(degradation: DegradationConfig) -> Iterator[tuple[str, str]]:
+    """(field, what is wrong) for every setting out of range; config.check_config reports the first."""
+    for field in ("down_interp", "up_interp"):
+        if getattr(degradation, field) not in RESIZERS:
+            yield field, f"must be one of {', '.join(RESIZERS)}"
+    if degradation.apply_to not in APPLY_TO:
+        yield "apply_to", f"must be one of {', '.join(APPLY_TO)}"
+    if degradation.scale < 1:
+        yield "scale", "must be at least 1 (1 = no down/up-scaling)"
+    if not (degradation.blur_kernel == 0 or (degradation.blur_kernel > 0 and degradation.blur_kernel % 2 == 1)):
+        yield "blur_kernel", "must be 0 (no blur) or a positive odd number"
+    if degradation.blur_sigma < 0:
+        yield "blur_sigma", "must be >= 0 (0 = derive from the kernel size)"
+
+
 def min_image_size(degradation: DegradationConfig) -> int:
     """Smallest side that survives the downscale (floor(size / scale) >= 1)."""
     return max(1, degradation.scale)
@@ -93,17 +131,32 @@ def sharp_for(rgb: np.ndarray, color: str, degradation: DegradationConfig, grey:
     return crop_to_scale(to_color(rgb, color, grey), degradation)
 
 
+def blur(image: np.ndarray, degradation: DegradationConfig) -> np.ndarray:
+    if degradation.blur_kernel == 0:
+        return image
+    kernel = (degradation.blur_kernel, degradation.blur_kernel)
+    return cv2.GaussianBlur(image, kernel, degradation.blur_sigma)
+
+
+def resample(image: np.ndarray, degradation: DegradationConfig) -> np.ndarray:
+    """Down to floor(size / scale), then back up to the original size."""
+    if degradation.scale == 1:
+        return image
+    height, width = image.shape[:2]
+    small = RESIZERS[degradation.down_interp](image, (width // degradation.scale, height // degradation.scale))
+    return RESIZERS[degradation.up_interp](small, (width, height))
+
+
+STEPS = (blur, resample)  # the degradation, in order; each step returns its input when its settings turn it off
+
+
 def degrade(sharp: np.ndarray, degradation: DegradationConfig) -> np.ndarray:
-    """Blur, downscale to floor(size/scale) and upscale back to the original size; the shape is kept."""
+    """Apply ``STEPS`` in order; the shape is kept."""
     height, width = sharp.shape[:2]
     if min(height, width) < min_image_size(degradation):
         raise DeblurError(f"image of {width}x{height} is too small for degradation.scale={degradation.scale}: "
                           f"each side needs at least {min_image_size(degradation)} pixels")
     degraded = sharp
-    if degradation.blur_kernel > 0:
-        kernel = (degradation.blur_kernel, degradation.blur_kernel)
-        degraded = cv2.GaussianBlur(degraded, kernel, degradation.blur_sigma)
-    if degradation.scale > 1:
-        small = RESIZERS[degradation.down_interp](degraded, (width // degradation.scale, height // degradation.scale))
-        degraded = RESIZERS[degradation.up_interp](small, (width, height))
+    for step in STEPS:
+        degraded = step(degraded, degradation)
     return degraded.reshape(sharp.shape)  # OpenCV drops a single channel's axis; put it back
