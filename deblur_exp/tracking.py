@@ -104,6 +104,11 @@ def report_epoch(row: dict, writer, epochs: int) -> None:
              row["val_psnr_degraded"], row["lr"], row["epoch_time_s"], row["samples_per_s"])
 
 
+def objective_value(summary: dict, objective: str) -> float:
+    """What a run returns to a sweeper, read from its summary (summary.json): best val PSNR or an eval set's PSNR."""
+    return summary["best_val_psnr"] if objective == "val_psnr" else summary["eval"][objective]["psnr_restored"]
+
+
 def write_run_summary(cfg, run: RunDir, writer, parameters: int, best_psnr: float, best_epoch: int,
                       eval_summary: dict, stopped_by: str = "epochs", device: torch.device | None = None) -> dict:
     """summary.json (read by the sweep summary) and the TensorBoard HPARAMS entry for this run; returns the summary."""

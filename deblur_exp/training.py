@@ -37,7 +37,8 @@ from deblur_exp.resume import auto_resume
 from deblur_exp.runtime import (Distributed, StopFlag, TimeBudget, TrainingInterrupted, autocast_for, init_distributed,
                                 resolve_device, resolve_precision, restore_rng, rng_state, seed_everything)
 from deblur_exp.schedules import make_scheduler, schedule_hook, step_scheduler
-from deblur_exp.tracking import SAMPLES_TAG, image_grid, open_tracking, report_epoch, write_run_summary
+from deblur_exp.tracking import (SAMPLES_TAG, image_grid, objective_value, open_tracking, report_epoch,
+                                 write_run_summary)
 
 log = logging.getLogger("deblur_exp")
 
@@ -69,11 +70,6 @@ def train(cfg: DictConfig) -> float:
         handler.close()
 
 
-def objective_value(summary: dict, objective: str) -> float:
-    """What a run returns to a sweeper, read from its summary (summary.json): best val PSNR or an eval set's PSNR."""
-    return summary["best_val_psnr"] if objective == "val_psnr" else summary["eval"][objective]["psnr_restored"]
-
-
 def _train(cfg: DictConfig, run: RunDir) -> float:
     t = cfg.trainer
     device, numerics = set_up_runtime(t)
@@ -93,11 +89,7 @@ def _train(cfg: DictConfig, run: RunDir) -> float:
 
     log.info("done: best val PSNR %.3f dB at epoch %d; checkpoints in %s", progress.best_psnr, progress.best_epoch,
              run.checkpoints)
-    if dist.world > 1:  # training is over on every rank: leave the group together, before rank 0 evaluates alone
-        import torch.distributed as torch_distributed
-
-        torch_distributed.barrier()
-        torch_distributed.destroy_process_group()  # a rank exiting with Gloo threads alive can abort at shutdown
+    dist.finish()
     if not dist.is_main:
         return progress.best_psnr
     eval_summary = {}
