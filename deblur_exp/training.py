@@ -122,10 +122,6 @@ class EpochPlan:
     limit_batches: int | None = None
     progress: bool = True
 
-    @classmethod
-    def of(cls, trainer: DictConfig) -> "EpochPlan":
-        return cls(trainer.batch_size, trainer.epochs, trainer.limit_train_batches, trainer.progress)
-
 
 @dataclass
 class Parts:
@@ -212,7 +208,7 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
     "max_time". A SIGINT/SIGTERM saves last.pt and raises TrainingInterrupted."""
     t, dist = cfg.trainer, numerics.dist
     train_set, val_set, val_shard = data
-    plan = EpochPlan.of(t)
+    plan = EpochPlan(t.batch_size, t.epochs, t.limit_train_batches, t.progress)
     val_batch = t.val_batch_size or 4 * t.batch_size
     resolved_config = OmegaConf.to_yaml(cfg, resolve=True)
     budget = TimeBudget(parse_duration(t.max_time), spent_before=progress.spent)
