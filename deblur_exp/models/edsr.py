@@ -1,4 +1,5 @@
-"""A small EDSR (Lim et al., 2017) for same-size restoration: no batch norm, residual blocks, global skip."""
+"""A small EDSR (Lim et al., 2017) for same-size restoration: no batch norm, residual blocks, a long skip over the
+body, and optionally the input added to the output (``global_skip``)."""
 
 from __future__ import annotations
 
