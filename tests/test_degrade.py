@@ -104,3 +104,25 @@ def test_matlab_bicubic_keeps_flat_images_flat_and_rounds_to_uint8():
 def test_single_channel_images_degrade_and_keep_their_shape():
     luma = np.random.default_rng(1).integers(0, 256, (30, 36, 1), dtype=np.uint8)
     assert degrade(luma, SEED).shape == (30, 36, 1) and degrade(luma, BICUBIC_X3).shape == (30, 36, 1)
+
+
+def test_a_new_degradation_step_needs_no_other_edit(monkeypatch):
+    # The extension point README promises: a step appended to STEPS is what degrade() (and so patches, training
+    # and scoring, which all call it) applies, after the steps before it.
+    import deblur_exp.data.degrade as degrade_module
+
+    def invert(image, degradation):
+        return 255 - image
+
+    sharp = np.random.default_rng(4).integers(0, 256, (30, 33, 3), dtype=np.uint8)
+    before = degrade(sharp, SEED)
+    monkeypatch.setattr(degrade_module, "STEPS", (*degrade_module.STEPS, invert))
+    assert np.array_equal(degrade(sharp, SEED), 255 - before)
+
+
+def test_settings_out_of_range_are_named_by_field():
+    from deblur_exp.data.degrade import degradation_problems
+
+    assert list(degradation_problems(SEED)) == []
+    bad = DegradationConfig(name="x", blur_kernel=4, scale=0, down_interp="bicubic")
+    assert [field for field, _ in degradation_problems(bad)] == ["down_interp", "scale", "blur_kernel"]
