@@ -303,3 +303,28 @@ def test_gpu_study_script_carries_a_sweep_across_leases(tmp_path):
         with open(job / "metrics.csv", newline="") as f:
             assert [int(r["epoch"]) for r in csv.DictReader(f)][-1] == 8
     assert (tmp_path / "out2" / "report" / "results.md").is_file()
+
+
+def test_gpu_lease_script_sets_up_from_the_carried_folder(tmp_path):
+    """scripts/gpu_lease.sh: the carried datasets become DEBLUR_DATA_DIR, the checkout is importable, the command's
+    exit status comes back, its output lands in $OUT/lease.log, MPS=1 says plainly when MPS is off, and a missing
+    carry folder is a one-line error."""
+    import sys
+
+    carry = tmp_path / "carry"
+    (carry / "datasets").mkdir(parents=True)
+    (carry / "wheels").mkdir()
+    env = {**os.environ, "CARRY": str(carry), "OUT": str(tmp_path / "out"), "MPS": "1",
+           "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}  # no nvidia-cuda-mps-control on it
+    script = str(REPO_ROOT / "scripts" / "gpu_lease.sh")
+    probe = "import os, sys, deblur_exp; print('data', os.environ['DEBLUR_DATA_DIR']); sys.exit(3)"
+    result = subprocess.run(["bash", script, "python", "-c", probe], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 3, result.stdout + result.stderr
+    log = (tmp_path / "out" / "lease.log").read_text()
+    assert f"data {carry}/datasets" in log
+    assert "MPS off: nvidia-cuda-mps-control not found" in log
+
+    missing = subprocess.run(["bash", script, "true"], env={**env, "CARRY": str(tmp_path / "nowhere")},
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "run scripts/gpu_carry.sh here and carry it" in missing.stderr

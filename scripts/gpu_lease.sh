@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Run COMMAND on a lent GPU machine after setting it up from the carried .whl/ (scripts/gpu_carry.sh made it):
+# installs the carried wheels that are missing (offline), imports the project from this checkout, reads the
+# carried datasets, and, with MPS=1, starts CUDA MPS so that the parallel jobs of a sweep run their kernels side
+# by side instead of time-slicing the GPU (kept only if a CUDA probe passes under it; the log says which).
+#
+#   device run, carry=[".whl"]:
+#     bash scripts/gpu_lease.sh bash scripts/cuda_check.sh "$OUT/cuda_check"
+#     MPS=1 bash scripts/gpu_lease.sh bash scripts/gpu_study.sh 1 8 outputs/multirun/seed_gpu "$OUT"
+#
+# CARRY (default .whl) names the carried folder. Everything the command prints is also in $OUT/lease.log when
+# OUT is set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+carry=$(realpath -m "${CARRY:-.whl}")
+[ $# -gt 0 ] || { echo "usage: [MPS=1] bash scripts/gpu_lease.sh COMMAND [ARGS...]" >&2; exit 2; }
+[ -d "$carry" ] || { echo "gpu_lease: $carry not found: run scripts/gpu_carry.sh here and carry it" >&2; exit 2; }
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; exec > >(tee -a "$OUT/lease.log") 2>&1; fi
+python=$(command -v python3 || command -v python)
+
+if ! "$python" -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher" 2>/dev/null; then
+  "$python" -m pip install --quiet --no-index --find-links "$carry/wheels" \
+    hydra-core omegaconf antlr4-python3-runtime hydra-joblib-launcher \
+    || { echo "gpu_lease: installing the carried wheels failed" >&2; exit 1; }
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+[ -d "$carry/datasets" ] && export DEBLUR_DATA_DIR="$carry/datasets"
+echo "gpu_lease: $("$python" -c 'import torch, hydra; print("torch", torch.__version__, "hydra", hydra.__version__,
+  torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device")'), data ${DEBLUR_DATA_DIR:-unset}"
+
+stop_mps() { echo quit | nvidia-cuda-mps-control >/dev/null 2>&1; }
+if [ "${MPS:-0}" = 1 ]; then
+  if ! command -v nvidia-cuda-mps-control >/dev/null; then
+    echo "gpu_lease: MPS off: nvidia-cuda-mps-control not found; jobs time-slice the GPU"
+  else
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    # A client that cannot reach a broken MPS server hangs or fails; probe before the real work depends on it.
+    if nvidia-cuda-mps-control -d && timeout 90 "$python" -c "import torch; torch.ones(1, device='cuda').sum().item()"
+    then
+      echo "gpu_lease: MPS on"
+      trap stop_mps EXIT
+    else
+      stop_mps
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      echo "gpu_lease: MPS off: the daemon did not serve a CUDA probe; jobs time-slice the GPU"
+    fi
+  fi
+fi
+"$@"
