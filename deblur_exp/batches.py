@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
+from deblur_exp.restore import dihedral
 from deblur_exp.runtime import Distributed
 
 log = logging.getLogger("deblur_exp")
@@ -102,8 +103,10 @@ class PatchTensors:
         return chunk if channels_last else chunk.contiguous()
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None, limit: int | None = None,
-                channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(degraded, sharp) float NCHW batches in [0, 1], in ``order`` (a permutation) or sequentially."""
+                channels_last: bool = False, augment: torch.Generator | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(degraded, sharp) float NCHW batches in [0, 1], in ``order`` (a permutation) or sequentially; with an
+        ``augment`` generator, each batch in one of the 8 dihedral views drawn from it (see ``augmented``)."""
         available = len(self) if order is None else len(order)
         n_samples = min(available, math.ceil(available / batch_size) * batch_size if limit is None
                         else limit * batch_size)
@@ -115,7 +118,17 @@ class PatchTensors:
             degraded = self._chunk("degraded", index, stop - start, capacity, channels_last)
             sharp = self._chunk("sharp", index, stop - start, capacity, channels_last)
             for b in range(0, stop - start, batch_size):
-                yield degraded[b:b + batch_size], sharp[b:b + batch_size]
+                pair = degraded[b:b + batch_size], sharp[b:b + batch_size]
+                yield pair if augment is None else augmented(pair, augment, channels_last)
+
+
+def augmented(pair: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator,
+              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both tensors of a (degraded, sharp) batch in the same random dihedral view: 0-3 quarter turns, flipped or
+    not (data.augment, the SR toolboxes' use_rot + use_hflip). One draw per batch keeps the cost to one copy."""
+    turn = int(torch.randint(8, (1,), generator=generator))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return tuple(dihedral(x, turn % 4, turn >= 4).contiguous(memory_format=layout) for x in pair)
 
 
 def prepare_data(cfg: DictConfig, data_cfg, device: torch.device, dist: Distributed):

@@ -91,6 +91,7 @@ class DataConfig:
     val_fraction: float = 0.1
     split: str = "image"
     color: str = "rgb"
+    augment: bool = False
     cache: bool = True
     download: bool = False
     url: Optional[str] = None

@@ -28,13 +28,14 @@ def _forward(model: nn.Module, degraded: torch.Tensor, tile: int | None, overlap
     return restored
 
 
-# The 8 dihedral transforms (rotation by k*90 degrees, optionally flipped) and their inverses.
-def _transform(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+# The 8 dihedral transforms (rotation by k*90 degrees, optionally flipped) and their inverses: the x8
+# self-ensemble here, and training's data.augment.
+def dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     x = torch.rot90(x, k, dims=(2, 3))
     return torch.flip(x, dims=(3,)) if flip else x
 
 
-def _inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+def dihedral_inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     x = torch.flip(x, dims=(3,)) if flip else x
     return torch.rot90(x, -k, dims=(2, 3))
 
@@ -49,7 +50,7 @@ def restore_image(model: nn.Module, degraded: np.ndarray, device: torch.device |
         transforms = [(k, flip) for k in range(4) for flip in (False, True)]
         total = torch.zeros((1, *x.shape[1:]), dtype=torch.float32)
         for k, flip in transforms:
-            total += _inverse(_forward(model, _transform(x, k, flip), tile, tile_overlap), k, flip)
+            total += dihedral_inverse(_forward(model, dihedral(x, k, flip), tile, tile_overlap), k, flip)
         restored = total / len(transforms)
     else:
         restored = _forward(model, x, tile, tile_overlap)

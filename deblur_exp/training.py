@@ -121,6 +121,7 @@ class EpochPlan:
     epochs: int
     limit_batches: int | None = None
     progress: bool = True
+    augment: bool = False  # data.augment: a random dihedral transform (flip, 90-degree turns) per batch
 
 
 @dataclass
@@ -208,7 +209,7 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
     "max_time". A SIGINT/SIGTERM saves last.pt and raises TrainingInterrupted."""
     t, dist = cfg.trainer, numerics.dist
     train_set, val_set, val_shard = data
-    plan = EpochPlan(t.batch_size, t.epochs, t.limit_train_batches, t.progress)
+    plan = EpochPlan(t.batch_size, t.epochs, t.limit_train_batches, t.progress, cfg.data.augment)
     val_batch = t.val_batch_size or 4 * t.batch_size
     resolved_config = OmegaConf.to_yaml(cfg, resolve=True)
     budget = TimeBudget(parse_duration(t.max_time), spent_before=progress.spent)
@@ -289,8 +290,10 @@ def train_epoch(model, train_set: PatchTensors, optimizer, loss_fn, step_with: N
     loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device, dtype=torch.float64)
     seen, done = (partial["seen"], partial["step"]) if partial else (0, 0)
     total = min(math.ceil(len(order) / plan.batch_size), plan.limit_batches or math.inf)
-    bar = tqdm(train_set.batches(plan.batch_size, order, plan.limit_batches, step_with.channels_last), total=total,
-               desc=f"epoch {epoch}/{plan.epochs}", leave=False, disable=bar_off(plan.progress), unit="batch")
+    augment = generator if plan.augment else None  # after the shuffle, one draw per batch, skipped ones included
+    batches = train_set.batches(plan.batch_size, order, plan.limit_batches, step_with.channels_last, augment)
+    bar = tqdm(batches, total=total, desc=f"epoch {epoch}/{plan.epochs}", leave=False, disable=bar_off(plan.progress),
+               unit="batch")
     for step, (degraded, sharp) in enumerate(bar, start=1):
         if step <= done:  # already trained before an interruption
             continue

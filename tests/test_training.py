@@ -7,6 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.errors import DeblurError
+from deblur_exp.restore import dihedral
 from deblur_exp.runtime import TrainingInterrupted
 from deblur_exp.tracking import METRIC_FIELDS
 from deblur_exp.training import train
@@ -50,10 +51,12 @@ def test_tiny_run_writes_every_artefact(make_cfg, tmp_path):
     assert groups[:2] == ["loss", "psnr"] and groups[-2:] == ["summary", "whole_images"]
 
 
-@pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
-def test_resume_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch, scheduler):
-    # deblurcnn with the seed's dropout: RNG state matters; cosine sets the rate every step from the share of the run
-    overrides = [*TINY, "model=deblurcnn", "trainer.dropout=0.2", "trainer.epochs=3", f"scheduler={scheduler}"]
+@pytest.mark.parametrize("scheduler, augment", [("cosine", False), ("plateau", False), ("cosine", True)])
+def test_resume_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch, scheduler, augment):
+    # deblurcnn with the seed's dropout: RNG state matters; cosine sets the rate every step from the share of the
+    # run; data.augment draws a view per batch from the shuffling generator
+    overrides = [*TINY, "model=deblurcnn", "trainer.dropout=0.2", "trainer.epochs=3", f"scheduler={scheduler}",
+                 f"data.augment={str(augment).lower()}"]
     whole = tmp_path / "whole"
     train(make_cfg(overrides, whole))
     split = tmp_path / "split"
@@ -173,6 +176,36 @@ def test_batches_equal_to_tensor_of_the_permuted_patches(monkeypatch, channels_l
     assert all(is_cl == channels_last for _, _, is_cl in got)
     limited = [d.clone() for d, _ in tensors.batches(2, None, limit=3, channels_last=channels_last)]
     assert torch.equal(torch.cat(limited), torch.stack([to_tensor(degraded[i]) for i in indices[:6]]))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_augmented_batches_are_one_dihedral_view_of_both_tensors(channels_last):
+    """data.augment: each batch is one of the 8 flips/quarter turns of the plain batch, the same one for degraded
+    and sharp (pairs stay aligned), drawn from the generator (so reproducible), and all 8 occur."""
+    import numpy as np
+
+    from deblur_exp.batches import PatchTensors
+    from deblur_exp.data.patches import PatchSet
+
+    rng = np.random.default_rng(2)
+    sharp, degraded = (rng.integers(0, 256, (64, 6, 6, 3), dtype=np.uint8) for _ in range(2))
+    tensors = PatchTensors.from_patches(PatchSet(sharp, degraded, np.zeros(64, np.int64), ["random"]),
+                                        np.arange(64), torch.device("cpu"))
+    plain = [(d.clone(), s.clone()) for d, s in tensors.batches(1, channels_last=channels_last)]
+    views = [(k, flip) for k in range(4) for flip in (False, True)]
+    seen = set()
+    augment = torch.Generator().manual_seed(5)
+    for (d, s), (d0, s0) in zip(tensors.batches(1, channels_last=channels_last, augment=augment), plain):
+        transform = [v for v in views if torch.equal(d, dihedral(d0, *v)) and torch.equal(s, dihedral(s0, *v))]
+        assert transform, "degraded and sharp must be the same view of the plain batch"
+        assert d.is_contiguous(memory_format=torch.channels_last) == channels_last
+        seen.add(transform[0])
+    assert seen == set(views)  # 64 seeded draws
+    again = [d.clone() for d, _ in tensors.batches(2, channels_last=channels_last,
+                                                   augment=torch.Generator().manual_seed(5))]
+    first = [d.clone() for d, _ in tensors.batches(2, channels_last=channels_last,
+                                                   augment=torch.Generator().manual_seed(5))]
+    assert all(torch.equal(a, b) for a, b in zip(again, first))
 
 
 def test_fused_adam_trains_on_cpu_like_the_plain_one(make_cfg, tmp_path):
