@@ -229,7 +229,7 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
                 log.info("trainer.max_time=%s reached after %.1f s and %d epochs: training stops here",
                          t.max_time, budget.spent(), epoch - 1)
                 return "max_time"
-            started = time.perf_counter()
+            started, seen_before = time.perf_counter(), (progress.partial or {}).get("seen", 0)
             train_loss, seen, partial = train_epoch(parts.forward_model, train_set, parts.optimizer, parts.loss_fn,
                                                     numerics, plan, epoch, generator, stop, progress.partial, budget,
                                                     schedule_hook(parts.scheduler, epoch, t.epochs, budget))
@@ -249,7 +249,7 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
             step_scheduler(parts.scheduler, val["val_loss"])
             row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr,
                    "epoch_time_s": round(time.perf_counter() - started, 3),
-                   "samples_per_s": round(seen / train_time, 1)}
+                   "samples_per_s": round((seen - seen_before) / train_time, 1)}  # this process's samples
             metrics.append(row)
             report_epoch(row, writer, t.epochs)
             if dist.is_main and (epoch == 1 or epoch % t.image_every == 0 or epoch == t.epochs):
