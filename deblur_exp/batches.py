@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
-from deblur_exp.restore import dihedral
+from deblur_exp.restore import DIHEDRAL_VIEWS, dihedral
 from deblur_exp.runtime import Distributed
 
 log = logging.getLogger("deblur_exp")
@@ -126,9 +126,9 @@ def augmented(pair: tuple[torch.Tensor, torch.Tensor], generator: torch.Generato
               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Both tensors of a (degraded, sharp) batch in the same random dihedral view: 0-3 quarter turns, flipped or
     not (data.augment, the SR toolboxes' use_rot + use_hflip). One draw per batch keeps the cost to one copy."""
-    turn = int(torch.randint(8, (1,), generator=generator))
+    k, flip = DIHEDRAL_VIEWS[int(torch.randint(len(DIHEDRAL_VIEWS), (1,), generator=generator))]
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    return tuple(dihedral(x, turn % 4, turn >= 4).contiguous(memory_format=layout) for x in pair)
+    return tuple(dihedral(x, k, flip).contiguous(memory_format=layout) for x in pair)
 
 
 def prepare_data(cfg: DictConfig, data_cfg, device: torch.device, dist: Distributed):

@@ -28,8 +28,11 @@ def _forward(model: nn.Module, degraded: torch.Tensor, tile: int | None, overlap
     return restored
 
 
-# The 8 dihedral transforms (rotation by k*90 degrees, optionally flipped) and their inverses: the x8
-# self-ensemble here, and training's data.augment.
+# The 8 dihedral views as (quarter turns k, flipped) and their transforms: the x8 self-ensemble here, and
+# training's data.augment (which draws an index into DIHEDRAL_VIEWS, so this order is part of a seeded run).
+DIHEDRAL_VIEWS = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
 def dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     x = torch.rot90(x, k, dims=(2, 3))
     return torch.flip(x, dims=(3,)) if flip else x
@@ -47,11 +50,10 @@ def restore_image(model: nn.Module, degraded: np.ndarray, device: torch.device |
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(degraded)).permute(2, 0, 1)[None].float().div_(255).to(device)
     if self_ensemble:
-        transforms = [(k, flip) for k in range(4) for flip in (False, True)]
         total = torch.zeros((1, *x.shape[1:]), dtype=torch.float32)
-        for k, flip in transforms:
+        for k, flip in DIHEDRAL_VIEWS:
             total += dihedral_inverse(_forward(model, dihedral(x, k, flip), tile, tile_overlap), k, flip)
-        restored = total / len(transforms)
+        restored = total / len(DIHEDRAL_VIEWS)
     else:
         restored = _forward(model, x, tile, tile_overlap)
     return restored[0].clamp_(0, 1).permute(1, 2, 0).numpy()
