@@ -41,6 +41,7 @@ class Restorer:
     color: str  # data.color it was trained on: "rgb" or "y" (single-channel luma)
     checkpoint: Path
     epoch: int
+    config: dict  # the resolved config it was trained with (e.g. trainer.precision=auto -> bf16)
 
 
 def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: str | None = None) -> Restorer:
@@ -60,7 +61,7 @@ def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: s
     if label is None:
         label = f"{state['arch']}@{(run.path if run is not None else checkpoint.parent).name}"
     color = config.get("data", {}).get("color", "rgb")
-    return Restorer(label, state["arch"], model, degradation, color, checkpoint, state["epoch"])
+    return Restorer(label, state["arch"], model, degradation, color, checkpoint, state["epoch"], config)
 
 
 def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_overlap=32, self_ensemble=False,

@@ -18,14 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.data.degrade import degrade, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import bar_off, load_restorer, score_pair
+from deblur_exp.evaluation import Restorer, bar_off, load_restorer, score_pair
 from deblur_exp.figures import detail_box, learning_curves, zoomed_comparison
 from deblur_exp.metrics import IMAGE_METRICS
 from deblur_exp.restore import restore_image
@@ -51,7 +49,7 @@ class RunResult:
 
     folder: Path
     summary: dict
-    config: dict
+    restorer: Restorer  # on the CPU until scored
     metrics: list[dict]
     recipe: str
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # "<set>_<protocol>" -> means
@@ -61,6 +59,10 @@ class RunResult:
     @property
     def arch(self) -> str:
         return self.summary["model"]
+
+    @property
+    def config(self) -> dict:
+        return self.restorer.config
 
     @property
     def label(self) -> str:
@@ -102,11 +104,10 @@ def recipe_of(folder: Path, config: dict) -> str:
 def load_run(folder: Path) -> RunResult:
     run = RunDir(folder)
     summary = json.loads(run.summary.read_text())
-    # The checkpoint's config is the one the run trained with, resolved (e.g. trainer.precision=auto -> bf16).
-    config = OmegaConf.to_container(OmegaConf.create(load_checkpoint(run_checkpoint(folder))["config"]))
+    restorer = load_restorer(run_checkpoint(folder), label=summary["model"])
     with open(run.metrics, newline="") as f:
         metrics = list(csv.DictReader(f))
-    return RunResult(folder, summary, config, metrics, recipe_of(folder, config))
+    return RunResult(folder, summary, restorer, metrics, recipe_of(folder, restorer.config))
 
 
 def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_crop: int, compare: str,
@@ -119,7 +120,8 @@ def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_cr
         raise DeblurError("the runs use different degradations; report them separately (one report per "
                           "degradation, so the degraded-input row holds for every run)")
     for run in tqdm(runs, desc="scoring runs", unit="run", disable=bar_off(progress)):
-        restorer = load_restorer(run_checkpoint(run.folder), device, label=run.arch)
+        restorer = run.restorer
+        restorer.model.to(device)
         for set_name, images in sets.items():
             rows = {p: [] for p in PROTOCOLS}
             for image in images:
