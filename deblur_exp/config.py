@@ -23,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from deblur_exp.data.degrade import DegradationConfig, degradation_problems
 from deblur_exp.errors import DeblurError
+from deblur_exp.run_dir import CHECKPOINT_CHOICES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -167,6 +168,7 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     enabled: bool = True
+    checkpoint: str = "best"
     sets: List[str] = field(default_factory=lambda: ["Set5", "Set14"])
     held_out: bool = True
     images: Optional[str] = None
@@ -356,6 +358,8 @@ def check_config(cfg: DictConfig) -> None:
          f"must be {COLOR_CHANNELS[data.color]} for data.color={data.color}")
     need(not (cfg.eval.y_channel and data.color == "y"), "eval.y_channel",
          "must be false for data.color=y (the images already are the Y channel)")
+    need(cfg.eval.checkpoint in CHECKPOINT_CHOICES, "eval.checkpoint",
+         f"must be one of {', '.join(CHECKPOINT_CHOICES)}")
     need(cfg.eval.crop_border >= 0, "eval.crop_border", "must be >= 0")
     need(cfg.eval.tile is None or cfg.eval.tile > 0, "eval.tile", "must be positive or null (one pass)")
     need(cfg.eval.tile_overlap >= 0, "eval.tile_overlap", "must be >= 0")

@@ -148,7 +148,8 @@ def eval_image_sets(eval_cfg, data_dir: str | Path, held_out: list[Image] | None
 
 
 def evaluate_run(cfg: DictConfig, run: RunDir, device, writer, held_out, step: int) -> dict:
-    """Score best.pt on the eval sets: eval/<set>.csv, eval/summary.json, figures and TensorBoard."""
+    """Score the run's checkpoint (eval.checkpoint) on the eval sets: eval/<set>.csv, eval/summary.json, figures
+    and TensorBoard."""
     e = cfg.eval
     sets, problems = eval_image_sets(e, cfg.paths.data_dir, held_out)
     for problem in problems:
@@ -156,7 +157,9 @@ def evaluate_run(cfg: DictConfig, run: RunDir, device, writer, held_out, step: i
     if not sets:
         log.info("eval: no image sets found; nothing scored")
         return {}
-    restorer = load_restorer(run.best, device, label=cfg.model.name)
+    checkpoint = run.checkpoint(e.checkpoint)
+    restorer = load_restorer(checkpoint, device, label=cfg.model.name)
+    log.info("eval: scoring %s (epoch %d)", checkpoint.relative_to(run.path).as_posix(), restorer.epoch)
     options = dict(tile=e.tile, tile_overlap=e.tile_overlap, self_ensemble=e.self_ensemble, y_channel=e.y_channel,
                    crop_border=e.crop_border)
     summary = {}

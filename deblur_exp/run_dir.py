@@ -6,10 +6,16 @@ folder (resume, sweep summaries, reports, evaluation) asks ``RunDir`` where to l
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from deblur_exp.errors import DeblurError
+
+# eval.checkpoint: which checkpoint stands for a run (scored at its end, by report.py and by evaluate.py RUN).
+# best: best validation PSNR; last: the final weights, for when validation cannot pick (e.g. patches that
+# overlap the training ones).
+CHECKPOINT_CHOICES = ("best", "last")
 
 
 class RunDir:
@@ -96,9 +102,20 @@ class RunDir:
         """error.txt: why a sweep job failed (written by the sweep runner)."""
         return self.path / "error.txt"
 
-    def checkpoint(self) -> Path | None:
-        """best.pt, else last.pt, else None."""
-        return next((c for c in (self.best, self.last) if c.is_file()), None)
+    def checkpoint(self, choice: str | None = None) -> Path | None:
+        """The checkpoint that stands for the run: eval.checkpoint ("best" or "last"; by default the one its
+        summary.json records), else the other one if only that exists, else None."""
+        choice = choice or self.checkpoint_choice()
+        order = (self.last, self.best) if choice == "last" else (self.best, self.last)
+        return next((c for c in order if c.is_file()), None)
+
+    def checkpoint_choice(self) -> str:
+        """The eval.checkpoint a finished run recorded in summary.json (its final config's, so a resume that
+        changed it counts); "best" for unfinished runs and runs from before the key existed."""
+        try:
+            return json.loads(self.summary.read_text()).get("checkpoint", "best")
+        except (OSError, ValueError):
+            return "best"
 
     def prepare(self) -> None:
         """Create the folder and prove it is writable now, not after an hour of training."""
@@ -126,12 +143,12 @@ class RunDir:
 
 
 def run_checkpoint(run: Path) -> Path | None:
-    """A run folder's best.pt, else its last.pt, else None."""
+    """The checkpoint that stands for a run folder (RunDir.checkpoint), else None."""
     return RunDir(run).checkpoint()
 
 
 def find_checkpoints(target: str | Path) -> list[Path]:
-    """A checkpoint file, a run folder (its best.pt, else last.pt), a sweep folder (every run in it) or
+    """A checkpoint file, a run folder (its eval.checkpoint: best.pt unless it says last), a sweep folder (every run in it) or
     ``pretrained:<name>`` (a model shipped with the package)."""
     # lazy: pretrained imports checkpoint, which imports this module
     from deblur_exp.pretrained import is_pretrained, pretrained_path

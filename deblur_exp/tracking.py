@@ -122,6 +122,7 @@ def write_run_summary(cfg, run: RunDir, writer, parameters: int, best_psnr: floa
         # "epochs": all trainer.epochs ran; "max_time": the wall-clock budget ended training
         "stopped_by": stopped_by, "max_time_s": parse_duration(cfg.trainer.max_time),
         "device": describe_device(device),
+        "checkpoint": cfg.eval.checkpoint,  # the one that stands for the run (RunDir.checkpoint)
         "eval": eval_summary,
     }
     write_json(run.summary, summary)
@@ -157,7 +158,7 @@ def log_run_end(run: RunDir, summary: dict, figures: bool) -> None:
                      f"input ({scores['psnr_degraded']:.2f} dB) on {scores['images']} image(s)")
     if summary["stopped_by"] == "max_time":
         lines.append(f"  stopped by trainer.max_time after {summary['epochs']} epochs")
-    shown = [run.curves, *([run.eval_figures] if figures and summary["eval"] else []), run.metrics, run.best]
+    shown = [run.curves, *([run.eval_figures] if figures and summary["eval"] else []), run.metrics, run.checkpoint()]
     names = [f"{p.relative_to(run.path).as_posix()}{'/' if p.suffix == '' else ''}" for p in shown]
     lines.append(f"  run folder: {run.path} ({', '.join(names)})")
     lines.append(f"  look at it: tensorboard --logdir {run.tensorboard}")

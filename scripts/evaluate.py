@@ -3,10 +3,11 @@
     python scripts/evaluate.py RUN [RUN ...] [--sets Set5 Set14] [--images FOLDER] [--out DIR]
                                [--tile N] [--self-ensemble] [--y-channel] [--crop-border N] [--device D]
 
-RUN is a run folder (its best checkpoint), a sweep folder (every run in it) or a checkpoint file. Each image is
-degraded with the checkpoint's own degradation settings, restored, and scored against the sharp original.
-Writes into --out: <model>/<set>.csv per image, summary.csv / summary.md ranking the models by mean restored
-PSNR, the three-panel figure per image, and compare_<image>.png with one restored panel per model.
+RUN is a run folder (its eval.checkpoint: best.pt unless the run chose last), a sweep folder (every run in it)
+or a checkpoint file. Each image is degraded with the checkpoint's own degradation settings, restored, and
+scored against the sharp original. Writes into --out: <model>/<set>.csv per image, summary.csv / summary.md
+ranking the models by mean restored PSNR, the three-panel figure per image, and compare_<image>.png with one
+restored panel per model.
 """
 
 from __future__ import annotations

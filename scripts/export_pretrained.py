@@ -2,7 +2,7 @@
 
     python scripts/export_pretrained.py RUN [RUN ...] [--data-dir DIR]
 
-Each run's best checkpoint is written weights-only to deblur_exp/weights/<architecture>.pt with how it was
+Each run's checkpoint (its eval.checkpoint: best.pt unless the run chose last) is written weights-only to deblur_exp/weights/<architecture>.pt with how it was
 trained (recipe, epochs, device, time, the resolved config), scored on Set5 and Set14 (RGB, whole images,
 the run's own degradation) and pinned by SHA-256 in deblur_exp/weights/manifest.json. Prints the table
 README's "Pretrained models" shows.

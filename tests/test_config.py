@@ -95,6 +95,7 @@ def test_schema_rejects_typos_and_wrong_types(make_cfg, override, key):
     ("trainer.device=tpu", "trainer.device: must be auto, cpu, cuda or cuda:N"),
     ("trainer.loss=huber", "trainer.loss: must be one of mse, l1"),
     ("data.split=random", "data.split: must be one of patch, image"),
+    ("eval.checkpoint=worst", "eval.checkpoint: must be one of best, last"),
 ])
 def test_out_of_range_values_name_the_key(make_cfg, override, message):
     with pytest.raises(DeblurError, match=message):

@@ -357,3 +357,28 @@ def test_an_objective_the_run_does_not_score_is_refused_before_training(make_cfg
 
     with pytest.raises(DeblurError, match=f"^{overrides[0]}: not scored by this run; choose val_psnr or"):
         check_config(make_cfg([*TINY, *overrides]))
+
+
+def test_eval_checkpoint_last_makes_last_pt_stand_for_the_run(make_cfg, tmp_path, caplog):
+    """eval.checkpoint=last: the end-of-run scores, summary.json and every reader of the run folder (report.py,
+    evaluate.py RUN, export) use last.pt; the default stays best.pt, and a lone checkpoint is used either way."""
+    import json
+    import logging
+    import shutil
+
+    from deblur_exp.run_dir import RunDir, run_checkpoint
+
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="deblur_exp"):
+        train(make_cfg([*TINY, "model=srcnn", "trainer.epochs=2", "eval.checkpoint=last"], run_dir))
+    assert "eval: scoring checkpoints/last.pt (epoch 2)" in caplog.text
+    assert json.loads((run_dir / "summary.json").read_text())["checkpoint"] == "last"
+    run = RunDir(run_dir)
+    assert run_checkpoint(run_dir) == run.last and run.checkpoint("best") == run.best
+
+    summary = json.loads(run.summary.read_text())
+    del summary["checkpoint"]  # a run from before the key existed
+    run.summary.write_text(json.dumps(summary))
+    assert run_checkpoint(run_dir) == run.best
+    shutil.move(run.best, tmp_path / "elsewhere.pt")
+    assert run_checkpoint(run_dir) == run.last
