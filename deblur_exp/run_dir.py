@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 from deblur_exp.errors import DeblurError
@@ -132,6 +133,8 @@ class RunDir:
         """Send the deblur_exp log to train.log (appending: a resumed run continues its log)."""
         handler = logging.FileHandler(self.log, mode="a", encoding="utf-8")
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+        # Only this thread's records: under hydra/launcher=threads several runs log through one logger at once.
+        handler.addFilter(lambda record, thread=threading.get_ident(): record.thread == thread)
         logging.getLogger("deblur_exp").addHandler(handler)
         logging.getLogger("deblur_exp").setLevel(logging.INFO)
         return handler

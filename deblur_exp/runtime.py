@@ -127,8 +127,17 @@ def autocast_for(precision: str, device: torch.device):
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
+# Jobs that share one process (hydra/launcher=threads) set up one at a time: the seed, the torch thread count and
+# the backend flags are process-wide, so one job's model initialisation must not interleave with another's.
+SETUP_LOCK = threading.Lock()
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM: the loop finishes the step in flight, saves last.pt and exits."""
+
+    # Flags of runs in threads other than the main one: signals reach only the main thread, whose handler
+    # (stop_thread_runs, installed by hydra/launcher=threads) sets them all.
+    in_threads: set["StopFlag"] = set()
 
     def __init__(self):
         self.signum: int | None = None
@@ -138,8 +147,12 @@ class StopFlag:
 
     @contextlib.contextmanager
     def installed(self):
-        if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-            yield self
+        if threading.current_thread() is not threading.main_thread():
+            StopFlag.in_threads.add(self)
+            try:
+                yield self
+            finally:
+                StopFlag.in_threads.discard(self)
             return
         previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -147,6 +160,12 @@ class StopFlag:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def stop_thread_runs(signum, frame) -> None:
+    """Signal handler for a process that trains in threads: every run stops as it would on the signal."""
+    for flag in list(StopFlag.in_threads):
+        flag(signum, frame)
 
 
 class TimeBudget:

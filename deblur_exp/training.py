@@ -34,8 +34,9 @@ from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
 from deblur_exp.run_dir import RunDir
 from deblur_exp.resume import auto_resume
-from deblur_exp.runtime import (Distributed, StopFlag, TimeBudget, TrainingInterrupted, autocast_for, init_distributed,
-                                resolve_device, resolve_precision, restore_rng, rng_state, seed_everything)
+from deblur_exp.runtime import (SETUP_LOCK, Distributed, StopFlag, TimeBudget, TrainingInterrupted, autocast_for,
+                                init_distributed, resolve_device, resolve_precision, restore_rng, rng_state,
+                                seed_everything)
 from deblur_exp.schedules import make_scheduler, schedule_hook, step_scheduler
 from deblur_exp.tracking import (SAMPLES_TAG, image_grid, objective_value, open_tracking, report_epoch,
                                  write_run_summary)
@@ -72,17 +73,18 @@ def train(cfg: DictConfig) -> float:
 
 def _train(cfg: DictConfig, run: RunDir) -> float:
     t = cfg.trainer
-    device, numerics = set_up_runtime(t)
-    dist = numerics.dist
-    log.info("run folder: %s", run.path)
+    with SETUP_LOCK:
+        device, numerics = set_up_runtime(t)
+        dist = numerics.dist
+        log.info("run folder: %s", run.path)
 
-    # Data: cut, degrade and split once; then hold everything as tensors on the device.
-    data_cfg = OmegaConf.to_object(cfg.data)
-    train_set, val_set, val_shard, held_out = prepare_data(cfg, data_cfg, device, dist)
+        # Data: cut, degrade and split once; then hold everything as tensors on the device.
+        data_cfg = OmegaConf.to_object(cfg.data)
+        train_set, val_set, val_shard, held_out = prepare_data(cfg, data_cfg, device, dist)
 
-    parts = build_parts(cfg, device, numerics)
-    generator = torch.Generator().manual_seed(t.seed)
-    progress = resume_progress(run, cfg, parts, numerics, generator) if cfg.resume else Progress()
+        parts = build_parts(cfg, device, numerics)
+        generator = torch.Generator().manual_seed(t.seed)
+        progress = resume_progress(run, cfg, parts, numerics, generator) if cfg.resume else Progress()
     metrics, writer = open_tracking(cfg, run, dist, progress.epoch)
     stopped_by = run_epochs(cfg, run, parts, numerics, (train_set, val_set, val_shard), generator, progress,
                             metrics, writer)

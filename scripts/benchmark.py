@@ -10,7 +10,8 @@
 4. whole-image inference on Set14 (images/s, peak memory), Set14 evaluation with torch vs scikit-image SSIM
    (images/s), and one 4000x3000 image, tiled (time, peak RSS);
 5. the five-model experiment=seed sweep itself (on CUDA by default): the real `train.py -m` with the joblib
-   launcher, all models side by side, for a few epochs; its measured wall time plus the remaining epochs at the
+   launcher (or `--sweep-launcher threads`: one process, a CUDA stream per job), all models side by side, for a
+   few epochs or all 202 (`--sweep-epochs 202`); its measured wall time plus the remaining epochs at the
    slowest job's steady epoch time projects the full 202-epoch sweep.
 """
 
@@ -279,7 +280,13 @@ SWEEP_KNOBS = {"cuda": ["trainer.compile=true", "trainer.compile_mode=reduce-ove
                "cpu": []}
 
 
-def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides: list[str]) -> dict:
+# How the sweep's jobs share the device: parallel processes, or threads of one process with a CUDA stream each.
+SWEEP_LAUNCHERS = {"joblib": lambda jobs: ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"],
+                   "threads": lambda jobs: ["hydra/launcher=threads"]}
+
+
+def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides: list[str],
+                launcher: str = "joblib") -> dict:
     """Run the real experiment=seed multirun, every model in parallel, for ``epochs`` epochs, and project 202.
 
     Projection = measured wall time (start-up, data, compilation, these epochs, Set5/Set14 scoring) plus the
@@ -288,13 +295,13 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
     """
     import importlib.util
 
-    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
+    if launcher == "joblib" and importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
         return {"failed": "the joblib launcher is not installed: pip install -e '.[sweep]'"}
     with tempfile.TemporaryDirectory() as sweep_dir:
         command = [sys.executable, str(Path(__file__).with_name("train.py")), "-m", "experiment=seed",
                    f"model={','.join(models)}", f"trainer.epochs={epochs}", f"trainer.device={device.type}",
-                   "trainer.progress=false", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={len(models)}",
-                   f"hydra.sweep.dir={sweep_dir}", *overrides]
+                   "trainer.progress=false", *SWEEP_LAUNCHERS[launcher](len(models)), f"hydra.sweep.dir={sweep_dir}",
+                   *overrides]
         started = time.perf_counter()
         out = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - started
@@ -309,7 +316,7 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
             jobs[row["model"]] = {"epoch_times_s": times, "steady_epoch_s": statistics.median(times[1:] or times)}
     slowest = max(job["steady_epoch_s"] for job in jobs.values())
     projected = wall + (SEED_EPOCHS - epochs) * slowest
-    return {"epochs": epochs, "overrides": overrides, "wall_s": wall, "jobs": jobs, "slowest_steady_epoch_s": slowest,
+    return {"epochs": epochs, "launcher": launcher, "overrides": overrides, "wall_s": wall, "jobs": jobs, "slowest_steady_epoch_s": slowest,
             "projected_minutes": projected / 60}
 
 
@@ -351,6 +358,8 @@ def main() -> int:
     p.add_argument("--sweep-epochs", type=int, default=None,
                    help="epochs of the parallel experiment=seed sweep (default: 4 on CUDA, 0 = skipped on CPU, "
                         "where one seed epoch takes minutes)")
+    p.add_argument("--sweep-launcher", default="joblib", choices=list(SWEEP_LAUNCHERS),
+                   help="joblib: one process per job; threads: the jobs in one process, a CUDA stream each")
     p.add_argument("--sweep-overrides", nargs="*", default=None,
                    help=f"extra train.py overrides for the sweep (default on CUDA: {' '.join(SWEEP_KNOBS['cuda'])})")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -404,7 +413,7 @@ def main() -> int:
     if "sweep" not in args.skip and sweep_epochs > 0:
         overrides = args.sweep_overrides if args.sweep_overrides is not None else SWEEP_KNOBS[device.type]
         print(f"experiment=seed sweep, {len(args.models)} models in parallel, {sweep_epochs} epochs ...", flush=True)
-        sweep = save("seed_sweep", bench_sweep(args.models, device, sweep_epochs, overrides))
+        sweep = save("seed_sweep", bench_sweep(args.models, device, sweep_epochs, overrides, args.sweep_launcher))
         print(f"  failed: {sweep['failed']}" if "failed" in sweep else
               f"  {sweep['wall_s']:.0f} s wall; slowest job {sweep['slowest_steady_epoch_s']:.2f} s/epoch; "
               f"projected {SEED_EPOCHS} epochs: {sweep['projected_minutes']:.1f} min (goal: under 15 on one "

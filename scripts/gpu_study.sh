@@ -10,7 +10,8 @@
 # previous.pt, metrics, summaries) is packed into OUT_DIR in 15 MiB parts; unpack them into the next lease's
 # SWEEP_DIR parent: cat OUT_DIR/state.tar.gz.part-* | tar -xzf - -C <parent>.
 #
-# Example, the seed study on one GPU (defaults: joblib, all five side by side, compiled, fused Adam):
+# Example, the seed study on one GPU (defaults: joblib, all five side by side, compiled, fused Adam;
+# LAUNCHER=threads runs the five in one process instead, a CUDA stream each):
 #   bash scripts/gpu_study.sh 1 9 outputs/multirun/seed_gpu "$OUT"
 #   (next lease, after unpacking)  bash scripts/gpu_study.sh 2 9 outputs/multirun/seed_gpu "$OUT"
 set -uo pipefail
@@ -18,7 +19,12 @@ lease=$1 minutes=$2 sweep=$3 out=$4
 shift 4
 mkdir -p "$out" "$(dirname "$sweep")"
 budget=$(python -c "print(round($lease * $minutes, 4))")
-defaults=(hydra/launcher=joblib hydra.launcher.n_jobs=5 experiment=seed
+case ${LAUNCHER:-joblib} in
+  joblib) launcher=(hydra/launcher=joblib hydra.launcher.n_jobs=5) ;;
+  threads) launcher=(hydra/launcher=threads) ;;
+  *) echo "error: LAUNCHER must be joblib or threads (got ${LAUNCHER})" >&2; exit 2 ;;
+esac
+defaults=("${launcher[@]}" experiment=seed
           model=deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr
           trainer.compile=true trainer.compile_mode=reduce-overhead optimizer.fused=true)
 args=("$@")

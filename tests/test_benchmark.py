@@ -32,19 +32,21 @@ SWEEP_TINY = ["data=sample", "data.images=[chelsea,coffee]", "data.val_images=[c
               "data.stride=16", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "eval.enabled=false"]
 
 
-def run_sweep_section(tmp_path, *overrides):
+def run_sweep_section(tmp_path, *overrides, launcher="joblib"):
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--models", "srcnn", "edsr", "--device", "cpu", "--skip", "data", "training",
-                        "patches", "inference", "large", "--sweep-epochs", "2", "--sweep-overrides", *SWEEP_TINY,
+                        "patches", "inference", "large", "--sweep-epochs", "2", "--sweep-launcher", launcher,
+                        "--sweep-overrides", *SWEEP_TINY,
                         *overrides, "--json", str(report_path), env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "out")})
     assert result.returncode == 0, result.stderr
     return json.loads(report_path.read_text())["seed_sweep"], result.stdout
 
 
+@pytest.mark.parametrize("launcher", ["joblib", "threads"])
 @pytest.mark.slow
-def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path):
-    sweep, stdout = run_sweep_section(tmp_path)
-    assert sorted(sweep["jobs"]) == ["edsr", "srcnn"]
+def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path, launcher):
+    sweep, stdout = run_sweep_section(tmp_path, launcher=launcher)
+    assert sorted(sweep["jobs"]) == ["edsr", "srcnn"] and sweep["launcher"] == launcher
     for job in sweep["jobs"].values():  # the jobs' own metrics.csv rows, one per epoch
         assert len(job["epoch_times_s"]) == 2 and job["steady_epoch_s"] == job["epoch_times_s"][1]
     slowest = max(job["steady_epoch_s"] for job in sweep["jobs"].values())

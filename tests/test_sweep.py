@@ -328,3 +328,79 @@ def test_gpu_lease_script_sets_up_from_the_carried_folder(tmp_path):
     missing = subprocess.run(["bash", script, "true"], env={**env, "CARRY": str(tmp_path / "nowhere")},
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "run scripts/gpu_carry.sh here and carry it" in missing.stderr
+
+
+THREADED = [*TINY, "trainer.deterministic=true", "eval.enabled=false"]  # no dropout: threads share the global RNG
+
+
+def job_weights(folder, job):
+    from deblur_exp.checkpoint import load_checkpoint
+
+    return load_checkpoint(folder / job / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.slow
+def test_threads_launcher_runs_the_jobs_side_by_side_as_separate_runs(tmp_path):
+    """hydra/launcher=threads: one process, the jobs at once, each a complete run folder whose train.log holds only
+    its own lines, and the same weights as the default launcher training the jobs one after another."""
+    import torch
+
+    jobs = ["0_model=srcnn", "1_model=deblurcnn"]
+    threaded = run_script("train.py", "-m", "hydra/launcher=threads", "model=srcnn,deblurcnn", *THREADED,
+                          env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "threads")})
+    assert threaded.returncode == 0, threaded.stderr
+    assert "Threads launcher: 2 jobs, 2 at a time, in this process" in threaded.stdout
+    assert f"[{jobs[1]}] " in threaded.stdout  # console lines say which job they come from
+    sequential = run_script("train.py", "-m", "model=srcnn,deblurcnn", *THREADED,
+                            env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "basic")})
+    assert sequential.returncode == 0, sequential.stderr
+    a, b = sweep_dir(tmp_path / "threads"), sweep_dir(tmp_path / "basic")
+    assert [r["status"] for r in summary_rows(a)] == ["ok", "ok"]
+    for job, other in zip(jobs, reversed(jobs)):
+        log = (a / job / "train.log").read_text()
+        assert f"model {job.split('=')[1]}:" in log and f"model {other.split('=')[1]}:" not in log
+        ours, theirs = job_weights(a, job), job_weights(b, job)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), job
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path):
+    """SIGTERM to a threads sweep: every job finishes its step, saves last.pt and the process exits 143; the same
+    command with resume=auto continues both, ending with the weights of a sweep that never stopped."""
+    import signal
+    import sys
+    import time
+
+    import torch
+
+    steady = [*THREADED, "trainer.epochs=30"]
+    sweep = tmp_path / "sweep"
+    jobs = ["0_model=srcnn", "1_model=deblurcnn"]
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=threads",
+               "model=srcnn,deblurcnn", *steady, f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        logs = [sweep / job / "metrics.csv" for job in jobs]
+        if all(m.is_file() and len(m.read_text().splitlines()) >= 3 for m in logs):  # both past epoch 2
+            break
+        time.sleep(0.02)
+    first.send_signal(signal.SIGTERM)
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 143, output
+    assert output.count("stopped by SIGTERM") == 2, output
+    for job in jobs:
+        assert (sweep / job / "checkpoints" / "last.pt").is_file() and not (sweep / job / "summary.json").exists()
+
+    resumed = run_script("train.py", "-m", "hydra/launcher=threads", "model=srcnn,deblurcnn", *steady,
+                         f"hydra.sweep.dir={sweep}", "resume=auto", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("resumed from") == 2
+    assert [(r["status"], r["epochs"]) for r in summary_rows(sweep)] == [("ok", "30"), ("ok", "30")]
+
+    reference = run_script("train.py", "-m", "model=srcnn,deblurcnn", *steady, f"hydra.sweep.dir={tmp_path / 'ref'}")
+    assert reference.returncode == 0, reference.stderr
+    for job in jobs:
+        ours, theirs = job_weights(sweep, job), job_weights(tmp_path / "ref", job)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), job

@@ -12,6 +12,7 @@ import importlib
 import inspect
 import logging
 import pkgutil
+import threading
 from typing import Callable
 
 from torch import nn
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _discovered = False
+_discovering = threading.RLock()  # jobs of one process (hydra/launcher=threads) may ask at the same moment
 
 
 def register_model(name: str | None = None):
@@ -39,14 +41,15 @@ def register_model(name: str | None = None):
 
 def _discover() -> None:
     global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for module in pkgutil.iter_modules(__path__):
-        try:
-            importlib.import_module(f"{__name__}.{module.name}")
-        except Exception as exc:  # one broken architecture must not hide the others
-            log.warning("could not import model module %s: %s", module.name, exc)
+    with _discovering:
+        if _discovered:
+            return
+        for module in pkgutil.iter_modules(__path__):
+            try:
+                importlib.import_module(f"{__name__}.{module.name}")
+            except Exception as exc:  # one broken architecture must not hide the others
+                log.warning("could not import model module %s: %s", module.name, exc)
+        _discovered = True
 
 
 def list_models(pattern: str = "*") -> list[str]:
