@@ -148,3 +148,6 @@ def run_hydra_cli(main: Callable[[], object]) -> None:
     except (HydraException, OmegaConfBaseException) as exc:
         print(f"error: {config_error_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except DeblurError as exc:  # raised outside a job (a launcher, a callback): still one line
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -278,6 +278,7 @@ def bench_scoring(name: str, device: torch.device, folder: Path) -> dict:
 # What makes the sweep fast on one GPU (README, Performance): jobs side by side, CUDA graphs, fused Adam.
 SWEEP_KNOBS = {"cuda": ["trainer.compile=true", "trainer.compile_mode=reduce-overhead", "optimizer.fused=true"],
                "cpu": []}
+UNCOMPILED = ["optimizer.fused=true"]  # the CUDA knobs for hydra/launcher=threads, which refuses torch.compile
 
 
 # How the sweep's jobs share the device: parallel processes, or threads of one process with a CUDA stream each.
@@ -361,7 +362,8 @@ def main() -> int:
     p.add_argument("--sweep-launcher", default="joblib", choices=list(SWEEP_LAUNCHERS),
                    help="joblib: one process per job; threads: the jobs in one process, a CUDA stream each")
     p.add_argument("--sweep-overrides", nargs="*", default=None,
-                   help=f"extra train.py overrides for the sweep (default on CUDA: {' '.join(SWEEP_KNOBS['cuda'])})")
+                   help=f"extra train.py overrides for the sweep (default on CUDA: {' '.join(SWEEP_KNOBS['cuda'])}; "
+                        f"with --sweep-launcher threads: {' '.join(UNCOMPILED)})")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--json", type=Path, default=Path("benchmark.json"))
     args = p.parse_args()
@@ -411,7 +413,8 @@ def main() -> int:
               flush=True)
     sweep_epochs = args.sweep_epochs if args.sweep_epochs is not None else (4 if device.type == "cuda" else 0)
     if "sweep" not in args.skip and sweep_epochs > 0:
-        overrides = args.sweep_overrides if args.sweep_overrides is not None else SWEEP_KNOBS[device.type]
+        knobs = UNCOMPILED if args.sweep_launcher == "threads" and device.type == "cuda" else SWEEP_KNOBS[device.type]
+        overrides = args.sweep_overrides if args.sweep_overrides is not None else knobs
         print(f"experiment=seed sweep, {len(args.models)} models in parallel, {sweep_epochs} epochs ...", flush=True)
         sweep = save("seed_sweep", bench_sweep(args.models, device, sweep_epochs, overrides, args.sweep_launcher))
         print(f"  failed: {sweep['failed']}" if "failed" in sweep else

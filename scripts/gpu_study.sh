@@ -11,7 +11,7 @@
 # SWEEP_DIR parent: cat OUT_DIR/state.tar.gz.part-* | tar -xzf - -C <parent>.
 #
 # Example, the seed study on one GPU (defaults: joblib, all five side by side, compiled, fused Adam;
-# LAUNCHER=threads runs the five in one process instead, a CUDA stream each):
+# LAUNCHER=threads runs the five in one process instead, a CUDA stream each, uncompiled):
 #   bash scripts/gpu_study.sh 1 9 outputs/multirun/seed_gpu "$OUT"
 #   (next lease, after unpacking)  bash scripts/gpu_study.sh 2 9 outputs/multirun/seed_gpu "$OUT"
 set -uo pipefail
@@ -19,14 +19,14 @@ lease=$1 minutes=$2 sweep=$3 out=$4
 shift 4
 mkdir -p "$out" "$(dirname "$sweep")"
 budget=$(python -c "print(round($lease * $minutes, 4))")
-case ${LAUNCHER:-joblib} in
-  joblib) launcher=(hydra/launcher=joblib hydra.launcher.n_jobs=5) ;;
+case ${LAUNCHER:-joblib} in  # threads refuses torch.compile (not thread-safe)
+  joblib) launcher=(hydra/launcher=joblib hydra.launcher.n_jobs=5
+                    trainer.compile=true trainer.compile_mode=reduce-overhead) ;;
   threads) launcher=(hydra/launcher=threads) ;;
   *) echo "error: LAUNCHER must be joblib or threads (got ${LAUNCHER})" >&2; exit 2 ;;
 esac
-defaults=("${launcher[@]}" experiment=seed
-          model=deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr
-          trainer.compile=true trainer.compile_mode=reduce-overhead optimizer.fused=true)
+defaults=("${launcher[@]}" experiment=seed model=deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr
+          optimizer.fused=true)
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=("${defaults[@]}")
 export PYTHONUNBUFFERED=1

@@ -404,3 +404,12 @@ def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path
     for job in jobs:
         ours, theirs = job_weights(sweep, job), job_weights(tmp_path / "ref", job)
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), job
+
+
+@pytest.mark.slow
+def test_threads_launcher_refuses_torch_compile_before_making_any_folder(tmp_path):
+    result = run_script("train.py", "-m", "hydra/launcher=threads", "model=srcnn,deblurcnn", *QUICK,
+                        "trainer.compile=true", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: trainer.compile: hydra/launcher=threads runs the jobs in threads")
+    assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").rglob("*_model=*"))

@@ -9,7 +9,7 @@ there) but buys nothing: the jobs share the process's one pool of torch threads.
 Each job is prepared in the main thread exactly as Hydra's own launchers do it (its folder, ``.hydra/``, its
 config with every ``${hydra:...}`` resolved while Hydra's global state is this job's), then all run at once.
 SIGINT/SIGTERM stop every job after its step in flight, each saves ``last.pt``, and the process exits 130/143;
-``resume=auto`` continues the sweep. It lives under ``hydra_plugins`` because Hydra loads launchers only from there.
+``resume=auto`` continues the sweep. ``trainer.compile=true`` is refused: torch.compile is not thread-safe. It lives under ``hydra_plugins`` because Hydra loads launchers only from there.
 """
 
 from __future__ import annotations
@@ -53,8 +53,15 @@ class ThreadsLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        configs = [self._sweep_config(list(overrides), initial_job_idx + i) for i, overrides in enumerate(job_overrides)]
+        if any(c.trainer.get("compile") for c in configs):  # checked before any job folder exists
+            from deblur_exp.errors import DeblurError
+
+            raise DeblurError("trainer.compile: hydra/launcher=threads runs the jobs in threads, and torch.compile is "
+                              "not thread-safe (pytorch/pytorch#118260); set trainer.compile=false, or use "
+                              "hydra/launcher=joblib for compiled jobs")
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs = [self._prepare(list(overrides), initial_job_idx + i) for i, overrides in enumerate(job_overrides)]
+        jobs = [self._prepare(config) for config in configs]
         runnable = [job for job in jobs if job.cfg is not None]
         width = min(len(runnable), self.max_parallel or len(runnable))
         log.info("Threads launcher: %d jobs, %d at a time, in this process", len(runnable), width)
@@ -72,14 +79,16 @@ class ThreadsLauncher(Launcher):
             sys.exit(stopped[0])
         return [job.ret for job in jobs]
 
-    def _prepare(self, overrides: list[str], number: int) -> Job:
-        """The job's folder, .hydra/ and resolved config, made while Hydra's global config is this job's."""
-        from deblur_exp.jobs import apply_job_resources
-
+    def _sweep_config(self, overrides: list[str], number: int) -> DictConfig:
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{number}"
             sweep_config.hydra.job.num = number
+        return sweep_config
+
+    def _prepare(self, sweep_config: DictConfig) -> Job:
+        """The job's folder, .hydra/ and resolved config, made while Hydra's global config is this job's."""
+        from deblur_exp.jobs import apply_job_resources
 
         def prepare(cfg: DictConfig) -> DictConfig:
             OmegaConf.resolve(cfg)
@@ -88,7 +97,7 @@ class ThreadsLauncher(Launcher):
 
         ret = run_job(hydra_context=self.hydra_context, task_function=prepare, config=sweep_config,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        return Job(number, ret, ret._return_value if ret.status == JobStatus.COMPLETED else None)
+        return Job(sweep_config.hydra.job.num, ret, ret._return_value if ret.status == JobStatus.COMPLETED else None)
 
     def _run_all(self, jobs: list[Job], width: int) -> None:
         slots = threading.Semaphore(width)
