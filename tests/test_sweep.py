@@ -413,3 +413,39 @@ def test_threads_launcher_refuses_torch_compile_before_making_any_folder(tmp_pat
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: trainer.compile: hydra/launcher=threads runs the jobs in threads")
     assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").rglob("*_model=*"))
+
+
+def fake_sweep(root, psnrs_by_job):
+    """Job folders as train.py -m leaves them, as far as compare_sweeps reads them: overrides and metrics.csv."""
+    from deblur_exp.run_dir import RunDir
+
+    for job, psnrs in psnrs_by_job.items():
+        run = RunDir(root / job)
+        run.hydra.mkdir(parents=True)
+        run.overrides.write_text(f"- {job.split('_', 1)[1]}\n")
+        rows = "".join(f"{e},{p}\n" for e, p in enumerate(psnrs, 1))
+        run.metrics.write_text("epoch,val_psnr\n" + rows)
+    return root
+
+
+@pytest.mark.parametrize("candidate, epoch, status, verdicts", [
+    ([[30.0, 31.05, 31.2], [28.0, 28.9]], None, 0, ["within", "within"]),  # up to epoch 2, both reached
+    ([[30.0, 30.8, 31.2], [28.0, 28.9]], "2", 1, ["OFF by more than 0.1 dB", "within"]),
+    ([[30.0, 31.0, 31.2], [28.0, 28.9]], "3", 1, ["within", "not compared: an epoch 3 is missing"]),
+])
+def test_compare_sweeps_holds_each_job_to_the_tolerance(tmp_path, candidate, epoch, status, verdicts):
+    reference = fake_sweep(tmp_path / "ref", {"0_model=srcnn": [30.0, 31.0, 31.1], "1_model=edsr": [28.0, 28.95]})
+    fast = fake_sweep(tmp_path / "fast", dict(zip(["0_model=srcnn", "1_model=edsr"], candidate)))
+    args = [str(reference), str(fast), "--out", str(tmp_path / "cmp.md"), *(["--epoch", epoch] if epoch else [])]
+    result = run_script("compare_sweeps.py", *args)
+    assert result.returncode == status, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| 0_") or line.startswith("| 1_")]
+    assert [line.rsplit(" | ", 1)[1].rstrip(" |") for line in lines] == verdicts
+    assert (tmp_path / "cmp.md").read_text() == result.stdout.rstrip("\n") + "\n"
+
+
+def test_compare_sweeps_refuses_sweeps_over_different_jobs(tmp_path):
+    reference = fake_sweep(tmp_path / "ref", {"0_model=srcnn": [30.0]})
+    other = fake_sweep(tmp_path / "other", {"0_model=edsr": [30.0]})
+    result = run_script("compare_sweeps.py", str(reference), str(other))
+    assert result.returncode == 2 and result.stderr.startswith("error: the sweeps hold different jobs: ")
