@@ -89,6 +89,8 @@ def config_error_line(exc: BaseException) -> str:
     """One line for a Hydra/OmegaConf composition error: the key, the bad value, the choices or the type."""
     from hydra.errors import MissingConfigException
 
+    if isinstance(exc.__cause__, DeblurError):  # e.g. a launcher's own check, wrapped by Hydra's instantiate
+        return str(exc.__cause__)
     missing = getattr(exc, "missing_cfg_file", None) or ""
     if isinstance(exc, MissingConfigException) and "/" in missing:
         group, option = missing.rsplit("/", 1)

@@ -406,12 +406,16 @@ def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), job
 
 
+@pytest.mark.parametrize("override, message", [
+    ("trainer.compile=true", "trainer.compile: hydra/launcher=threads runs the jobs in threads, and torch.compile"),
+    ("hydra.launcher.max_parallel=0", "hydra.launcher.max_parallel: must be at least 1, or null for all jobs"),
+])
 @pytest.mark.slow
-def test_threads_launcher_refuses_torch_compile_before_making_any_folder(tmp_path):
-    result = run_script("train.py", "-m", "hydra/launcher=threads", "model=srcnn,deblurcnn", *QUICK,
-                        "trainer.compile=true", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+def test_threads_launcher_refuses_bad_settings_before_making_any_folder(tmp_path, override, message):
+    result = run_script("train.py", "-m", "hydra/launcher=threads", "model=srcnn,deblurcnn", *QUICK, override,
+                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("error: trainer.compile: hydra/launcher=threads runs the jobs in threads")
+    assert result.stderr.startswith(f"error: {message}")
     assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").rglob("*_model=*"))
 
 

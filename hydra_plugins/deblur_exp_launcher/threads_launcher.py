@@ -27,6 +27,8 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
+# deblur_exp (and torch) are imported inside the functions: Hydra imports every module under hydra_plugins when any
+# Hydra app starts, and that must stay cheap.
 
 
 class Job:
@@ -41,7 +43,10 @@ class Job:
 class ThreadsLauncher(Launcher):
     def __init__(self, max_parallel: int | None = None) -> None:
         if max_parallel is not None and max_parallel < 1:
-            raise ValueError(f"hydra.launcher.max_parallel must be >= 1 or null (all jobs at once), got {max_parallel}")
+            from deblur_exp.errors import DeblurError
+
+            raise DeblurError(f"hydra.launcher.max_parallel: must be at least 1, or null for all jobs at once "
+                              f"(got {max_parallel})")
         self.max_parallel = max_parallel
         self.config: DictConfig | None = None
         self.hydra_context: Any = None
@@ -97,7 +102,7 @@ class ThreadsLauncher(Launcher):
 
         ret = run_job(hydra_context=self.hydra_context, task_function=prepare, config=sweep_config,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        return Job(sweep_config.hydra.job.num, ret, ret._return_value if ret.status == JobStatus.COMPLETED else None)
+        return Job(sweep_config.hydra.job.num, ret, ret.return_value if ret.status == JobStatus.COMPLETED else None)
 
     def _run_all(self, jobs: list[Job], width: int) -> None:
         slots = threading.Semaphore(width)
