@@ -7,6 +7,7 @@
 #   device run, carry=[".whl"]:
 #     bash scripts/gpu_lease.sh bash scripts/cuda_check.sh "$OUT/cuda_check"
 #     MPS=1 bash scripts/gpu_lease.sh bash scripts/gpu_study.sh 1 8 outputs/multirun/seed_gpu "$OUT"
+#     bash scripts/gpu_lease.sh bash scripts/gpu_sweep_check.sh "$OUT"
 #
 # CARRY (default .whl) names the carried folder. Everything the command prints is also in $OUT/lease.log when
 # OUT is set.

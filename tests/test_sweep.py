@@ -453,3 +453,28 @@ def test_compare_sweeps_refuses_sweeps_over_different_jobs(tmp_path):
     other = fake_sweep(tmp_path / "other", {"0_model=edsr": [30.0]})
     result = run_script("compare_sweeps.py", str(reference), str(other))
     assert result.returncode == 2 and result.stderr.startswith("error: the sweeps hold different jobs: ")
+
+
+@pytest.mark.slow
+def test_gpu_sweep_check_times_the_sweep_and_holds_it_to_a_plain_one(tmp_path):
+    """scripts/gpu_sweep_check.sh on the CPU with tiny settings: the threaded sweep is timed from the command to
+    its summary, then held against a plain joblib fp32 sweep at the same epoch; everything lands in OUT."""
+    import sys
+    import tarfile
+
+    out = tmp_path / "out"
+    tiny = ["model=srcnn,deblurcnn", *THREADED, "trainer.epochs=3", "trainer.precision=32"]
+    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path / "o"), "TMPDIR": str(tmp_path), "PLAIN_EPOCHS": "2",
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_sweep_check.sh"), str(out), *tiny],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    timing = (out / "timing.txt").read_text()
+    assert "fast sweep: exit status 0, " in timing and " s wall from the command to summary.md" in timing
+    assert "hydra/launcher=threads" in timing and "every job within 0.1 dB" in timing
+    assert "| 0_model=srcnn | 2 |" in (out / "compare.md").read_text()
+    assert "| 1_model=deblurcnn | ok | deblurcnn |" in (out / "summary_fast.md").read_text()
+    with tarfile.open(out / "sweeps.tar.gz") as tar:
+        names = tar.getnames()
+    assert "./fast/0_model=srcnn/metrics.csv" in names and "./plain/1_model=deblurcnn/metrics.csv" in names
+    assert not any("checkpoints" in n for n in names)
