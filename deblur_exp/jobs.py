@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -28,8 +29,26 @@ from deblur_exp.run_dir import RunDir
 
 log = logging.getLogger("deblur_exp")
 
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def threaded_sweep_job():
+    """Marks this thread as running one job of a sweep (hydra/launcher=threads), where Hydra's global state
+    belongs to no job: the job's resources were applied when the launcher prepared it."""
+    _thread.sweep_job = True
+    try:
+        yield
+    finally:
+        _thread.sweep_job = False
+
+
+def is_threaded_sweep_job() -> bool:
+    return getattr(_thread, "sweep_job", False)
+
+
 def is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return is_threaded_sweep_job() or (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 def parallel_jobs(launcher: DictConfig, cpus: int) -> int:
@@ -60,7 +79,7 @@ def run_job(cfg: DictConfig) -> float:
     from deblur_exp.training import train
 
     multirun = is_multirun()
-    if multirun:
+    if multirun and not is_threaded_sweep_job():
         apply_job_resources(cfg)
         # A re-run job (resume=auto) starts clean: a failure recorded by an earlier attempt no longer holds.
         RunDir(cfg.paths.run_dir).error.unlink(missing_ok=True)

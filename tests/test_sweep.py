@@ -59,10 +59,11 @@ def test_five_model_sweep_ends_in_a_comparison(tmp_path):
     assert "summary/best_val_psnr" in events.Tags()["scalars"]
 
 
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=threads"]], ids=["basic", "threads"])
 @pytest.mark.slow
-def test_a_failing_job_is_listed_and_does_not_stop_the_others(tmp_path):
+def test_a_failing_job_is_listed_and_does_not_stop_the_others(tmp_path, launcher):
     quick = [o for o in QUICK if not o.startswith("data.patch_size")]
-    result = run_script("train.py", "-m", "model=srcnn", "data.patch_size=16,2", *quick,
+    result = run_script("train.py", "-m", *launcher, "model=srcnn", "data.patch_size=16,2", *quick,
                         env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     folder = sweep_dir(tmp_path)

@@ -120,8 +120,10 @@ class ThreadsLauncher(Launcher):
                 job.thread.join(timeout=0.5)
 
     def _run(self, job: Job) -> None:
+        from deblur_exp.jobs import threaded_sweep_job
+
         try:
-            with cuda_stream(job.cfg):
+            with threaded_sweep_job(), cuda_stream(job.cfg):
                 job.ret.return_value = self.task_function(job.cfg)
             job.ret.status = JobStatus.COMPLETED
         except SystemExit as exc:  # exit status 128 + N: the job saved its checkpoint and stopped on signal N
@@ -137,9 +139,13 @@ def cuda_stream(cfg: DictConfig):
     """This job's own CUDA stream when it trains on CUDA (streams are per thread in torch), else nothing."""
     import torch
 
+    from deblur_exp.errors import DeblurError
     from deblur_exp.runtime import resolve_device
 
-    device = resolve_device(str(cfg.trainer.device))
+    try:
+        device = resolve_device(str(cfg.trainer.device))
+    except DeblurError:  # e.g. cuda asked, none here: the job itself reports it, as one line in its error.txt
+        return contextlib.nullcontext()
     if device.type != "cuda":
         return contextlib.nullcontext()
     return torch.cuda.stream(torch.cuda.Stream(device=device))
