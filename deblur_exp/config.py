@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from deblur_exp.data.degrade import DegradationConfig, degradation_problems
 from deblur_exp.errors import DeblurError
-from deblur_exp.run_dir import CHECKPOINT_CHOICES
+from deblur_exp.run_dir import CHECKPOINT_CHOICES, find_checkpoints
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -204,6 +204,7 @@ class TrainConfig:
     paths: PathsConfig = MISSING
     eval: EvalConfig = MISSING
     resume: Optional[str] = None
+    init_weights: Optional[str] = None
     objective: str = "val_psnr"
 
 
@@ -364,6 +365,11 @@ def check_config(cfg: DictConfig) -> None:
     need(cfg.eval.tile is None or cfg.eval.tile > 0, "eval.tile", "must be positive or null (one pass)")
     need(cfg.eval.tile_overlap >= 0, "eval.tile_overlap", "must be >= 0")
     check_objective(cfg)
+    if cfg.init_weights and not cfg.resume:  # only that it exists: the weights are loaded with the model
+        try:
+            find_checkpoints(cfg.init_weights)
+        except DeblurError as exc:
+            raise DeblurError(f"init_weights: {exc}") from None
 
 
 def check_objective(cfg: DictConfig) -> None:

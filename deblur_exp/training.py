@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from deblur_exp.atomic import WriteFailed
 from deblur_exp.batches import PatchTensors, prepare_data
-from deblur_exp.checkpoint import load_resume_state, save_checkpoint
+from deblur_exp.checkpoint import load_init_weights, load_resume_state, save_checkpoint
 from deblur_exp.config import check_config, parse_duration
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
@@ -171,7 +171,11 @@ def set_up_runtime(t: DictConfig) -> tuple[torch.device, Numerics]:
 def build_parts(cfg: DictConfig, device: torch.device, numerics: Numerics) -> Parts:
     """Model, optimizer, scheduler and loss as the config says; the model compiled and DDP-wrapped when asked."""
     t, dist = cfg.trainer, numerics.dist
-    model = build_model(cfg.model.name, **cfg.model.params).to(device)
+    model = build_model(cfg.model.name, **cfg.model.params)
+    if cfg.init_weights and not cfg.resume:  # a resumed run loads its own last.pt instead
+        source = load_init_weights(model, cfg.init_weights, cfg.model.name)
+        log.info("init_weights: the model starts from the weights in %s", source)
+    model = model.to(device)
     if numerics.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer)(model.parameters())

@@ -382,3 +382,60 @@ def test_eval_checkpoint_last_makes_last_pt_stand_for_the_run(make_cfg, tmp_path
     assert run_checkpoint(run_dir) == run.best
     shutil.move(run.best, tmp_path / "elsewhere.pt")
     assert run_checkpoint(run_dir) == run.last
+
+
+def initial_model(cfg):
+    from deblur_exp.training import build_parts, set_up_runtime
+
+    device, numerics = set_up_runtime(cfg.trainer)
+    return build_parts(cfg, device, numerics).model
+
+
+def same_weights(model, weights) -> bool:
+    return all(torch.equal(tensor, weights[name]) for name, tensor in model.state_dict().items())
+
+
+def test_init_weights_starts_the_model_from_a_run_and_nothing_else(make_cfg, tmp_path, caplog):
+    """Fine-tuning: the weights come from the named run (its eval.checkpoint), the run itself starts at epoch 1."""
+    source = tmp_path / "source"
+    train(make_cfg([*TINY, "model=srcnn", "trainer.epochs=2", "eval.checkpoint=last"], source))
+    trained = load_checkpoint(source / "checkpoints" / "last.pt")["model"]
+
+    tuned = [*TINY, "model=srcnn", "trainer.seed=7"]
+    assert not same_weights(initial_model(make_cfg(tuned)), trained)  # the seed alone gives other weights
+    assert same_weights(initial_model(make_cfg([*tuned, f"init_weights={source}"])), trained)
+
+    with caplog.at_level(logging.INFO, logger="deblur_exp"):
+        train(make_cfg([*tuned, "trainer.epochs=1", f"init_weights={source}"], tmp_path / "tuned"))
+    assert f"init_weights: the model starts from the weights in {source / 'checkpoints' / 'last.pt'}" in caplog.text
+    assert load_checkpoint(tmp_path / "tuned" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_init_weights_takes_a_shipped_pretrained_model(make_cfg):
+    from deblur_exp.pretrained import pretrained_path
+
+    shipped = load_checkpoint(pretrained_path("pretrained:edsr"))["model"]
+    assert same_weights(initial_model(make_cfg([*TINY, "model=edsr", "init_weights=pretrained:edsr"])), shipped)
+
+
+def test_init_weights_that_do_not_fit_are_refused_naming_the_file(make_cfg, tmp_path):
+    from deblur_exp.config import check_config
+
+    source = tmp_path / "source"
+    train(make_cfg([*TINY, "model=srcnn", "trainer.epochs=1"], source))
+    best = source / "checkpoints" / "best.pt"
+    with pytest.raises(DeblurError, match=f"^{best}: checkpoint holds a 'srcnn' model but the config asks for 'edsr'"):
+        initial_model(make_cfg([*TINY, "model=edsr", f"init_weights={source}"]))
+    with pytest.raises(DeblurError, match=rf"^{best}: its weights do not fit this srcnn's model.params \(it was "
+                                          r"trained with \{'channels': 3, 'features': 64, 'hidden': 32\}\)"):
+        initial_model(make_cfg([*TINY, "model=srcnn", "model.params.features=8", f"init_weights={source}"]))
+    with pytest.raises(DeblurError, match=f"^init_weights: {tmp_path / 'nowhere'}: no such checkpoint file"):
+        check_config(make_cfg([*TINY, f"init_weights={tmp_path / 'nowhere'}"]))
+    train(make_cfg([*TINY, "model=srcnn", "trainer.epochs=1"], tmp_path / "sweep" / "1"))
+    train(make_cfg([*TINY, "model=srcnn", "trainer.epochs=1"], tmp_path / "sweep" / "2"))
+    with pytest.raises(DeblurError, match="holds 2 runs' checkpoints; name one run folder or file"):
+        initial_model(make_cfg([*TINY, "model=srcnn", f"init_weights={tmp_path / 'sweep'}"]))
+    # a resumed run continues from its own last.pt: init_weights is not even looked at
+    train(make_cfg([*TINY, "model=srcnn", "trainer.epochs=2", f"resume={source}",
+                    f"init_weights={tmp_path / 'nowhere'}"], source))
+    assert load_checkpoint(source / "checkpoints" / "last.pt")["epoch"] == 2
