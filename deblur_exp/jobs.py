@@ -9,6 +9,7 @@ callback (registered in conf/hydra/default.yaml) that writes summary.csv / summa
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import math
@@ -151,10 +152,33 @@ def objective_column(objective: str) -> str:
     return "best_val_psnr" if objective == "val_psnr" else f"{objective}_psnr"
 
 
+def sweep_jobs(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep (each has the .hydra/overrides.yaml Hydra wrote), sorted by name."""
+    return sorted(p for p in sweep_dir.iterdir() if RunDir(p).overrides.is_file())
+
+
+def named_sweep_jobs(sweep: Path) -> dict[str, Path]:
+    """``sweep_jobs`` by folder name, for scripts given a sweep folder: a wrong folder is one clear error."""
+    if not sweep.is_dir():
+        raise DeblurError(f"{sweep}: no such sweep folder")
+    jobs = {p.name: p for p in sweep_jobs(sweep)}
+    if not jobs:
+        raise DeblurError(f"{sweep}: holds no job folders (is it a sweep folder, made by train.py -m?)")
+    return jobs
+
+
+def metrics_rows(job: Path) -> list[dict]:
+    """The job's metrics.csv as dicts of strings, one per finished epoch."""
+    metrics = RunDir(job).metrics
+    if not metrics.is_file():
+        raise DeblurError(f"{job}: no metrics.csv (did the job start?)")
+    with open(metrics, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def collect(sweep_dir: Path, objective: str = "val_psnr") -> list[dict]:
     """One row per job folder, best objective (what the sweeper maximised) first, failed jobs last."""
-    jobs = sorted(p for p in sweep_dir.iterdir() if RunDir(p).overrides.is_file())
-    rows = [job_row(j) for j in jobs]
+    rows = [job_row(j) for j in sweep_jobs(sweep_dir)]
     column = objective_column(objective)
     return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get(column) or -math.inf)))
 

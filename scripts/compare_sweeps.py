@@ -12,35 +12,21 @@ is not (issue 10's rule: speed never changes the science by more than 0.1 dB).
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from deblur_exp.cli import run_cli
 from deblur_exp.errors import DeblurError
-from deblur_exp.run_dir import RunDir
+from deblur_exp.jobs import metrics_rows, named_sweep_jobs
 from deblur_exp.tables import markdown_table, write_text
 
 
 def val_psnr_by_epoch(job: Path) -> dict[int, float]:
-    metrics = RunDir(job).metrics
-    if not metrics.is_file():
-        raise DeblurError(f"{job}: no metrics.csv (did the job start?)")
-    with open(metrics, newline="") as f:
-        return {int(r["epoch"]): float(r["val_psnr"]) for r in csv.DictReader(f)}
-
-
-def jobs_of(sweep: Path) -> dict[str, Path]:
-    if not sweep.is_dir():
-        raise DeblurError(f"{sweep}: no such sweep folder")
-    jobs = {p.name: p for p in sorted(sweep.iterdir()) if RunDir(p).overrides.is_file()}
-    if not jobs:
-        raise DeblurError(f"{sweep}: holds no job folders (is it a sweep folder, made by train.py -m?)")
-    return jobs
+    return {int(r["epoch"]): float(r["val_psnr"]) for r in metrics_rows(job)}
 
 
 def compare(reference: Path, candidate: Path, epoch: int | None, tolerance: float) -> tuple[list[list], bool]:
     """Table rows (job, epoch, reference, candidate, difference, verdict) and whether all are within tolerance."""
-    ours, theirs = jobs_of(reference), jobs_of(candidate)
+    ours, theirs = named_sweep_jobs(reference), named_sweep_jobs(candidate)
     if ours.keys() != theirs.keys():
         raise DeblurError(f"the sweeps hold different jobs: {', '.join(sorted(ours.keys() ^ theirs.keys()))}; "
                           f"compare sweeps over the same values")

@@ -456,26 +456,71 @@ def test_compare_sweeps_refuses_sweeps_over_different_jobs(tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error: the sweeps hold different jobs: ")
 
 
+def test_sweep_progress_reports_measured_epoch_times_of_an_unfinished_sweep(tmp_path):
+    """A stopped sweep has no summary.md; sweep_progress.py reads each job's metrics.csv instead."""
+    sweep = fake_sweep(tmp_path / "sweep", {"0_model=srcnn": [30.0, 31.0, 31.5], "1_model=edsr": [28.0],
+                                            "2_model=dncnn": []})
+    for job, times in (("0_model=srcnn", [9.0, 2.0, 4.0]), ("1_model=edsr", [7.5])):
+        metrics = sweep / job / "metrics.csv"
+        rows = metrics.read_text().splitlines()
+        metrics.write_text("\n".join([rows[0] + ",epoch_time_s"] + [f"{r},{t}" for r, t in zip(rows[1:], times)]))
+    result = run_script("sweep_progress.py", str(sweep), "--epochs", "3", "--out", str(tmp_path / "p.md"))
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in result.stdout.splitlines()}
+    assert lines["0_model=srcnn"] == "| 0_model=srcnn | 3 | 3 | 31.500 | 9.0 | 3.00 | finished |"
+    assert lines["1_model=edsr"] == "| 1_model=edsr | 1 | 3 | 28.000 | 7.5 | 7.50 | 15 (projection: 2 x 7.50 s) |"
+    assert lines["2_model=dncnn"] == "| 2_model=dncnn | 0 | 3 | - | - | - | no epoch finished yet |"
+    assert (tmp_path / "p.md").read_text() == result.stdout.rstrip("\n") + "\n"
+    bad = run_script("sweep_progress.py", str(tmp_path / "nowhere"))
+    assert bad.returncode != 0 and bad.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such sweep folder"
+    unknown = run_script("sweep_progress.py", str(sweep))  # fake jobs have no saved config to read epochs from
+    assert unknown.returncode != 0 and unknown.stderr.strip().endswith("trainer.epochs from; pass --epochs")
+
+
+def gpu_sweep_check(tmp_path, out, *overrides, **env):
+    import sys
+
+    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path / "o"), "SWEEPS": str(tmp_path / "sweeps"),
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", **env}
+    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_sweep_check.sh"), str(out), *overrides],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
 def test_gpu_sweep_check_times_the_sweep_and_holds_it_to_a_plain_one(tmp_path):
-    """scripts/gpu_sweep_check.sh on the CPU with tiny settings: the threaded sweep is timed from the command to
-    its summary, then held against a plain joblib fp32 sweep at the same epoch; everything lands in OUT."""
-    import sys
+    """scripts/gpu_sweep_check.sh on the CPU with tiny settings, in two calls as in a lease: the threaded sweep is
+    timed from the command to its summary, then held against a plain joblib fp32 sweep at the same epoch."""
     import tarfile
 
     out = tmp_path / "out"
     tiny = ["model=srcnn,deblurcnn", *THREADED, "trainer.epochs=3", "trainer.precision=32"]
-    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path / "o"), "TMPDIR": str(tmp_path), "PLAIN_EPOCHS": "2",
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_sweep_check.sh"), str(out), *tiny],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    fast = gpu_sweep_check(tmp_path, out, *tiny, PHASES="fast")
+    assert fast.returncode == 0, fast.stdout + fast.stderr
     timing = (out / "timing.txt").read_text()
     assert "fast sweep: exit status 0, " in timing and " s wall from the command to summary.md" in timing
-    assert "hydra/launcher=threads" in timing and "every job within 0.1 dB" in timing
-    assert "| 0_model=srcnn | 2 |" in (out / "compare.md").read_text()
+    assert "hydra/launcher=threads" in timing and "plain check" not in timing
     assert "| 1_model=deblurcnn | ok | deblurcnn |" in (out / "summary_fast.md").read_text()
+    assert "| 0_model=srcnn | 3 |" in (out / "progress_fast.md").read_text()
+
+    plain = gpu_sweep_check(tmp_path, out, *tiny, PHASES="plain", PLAIN_EPOCHS="2")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "plain check at epoch 2: every job within 0.1 dB" in (out / "timing.txt").read_text()
+    assert "| 0_model=srcnn | 2 |" in (out / "compare.md").read_text()
     with tarfile.open(out / "sweeps.tar.gz") as tar:
         names = tar.getnames()
     assert "./fast/0_model=srcnn/metrics.csv" in names and "./plain/1_model=deblurcnn/metrics.csv" in names
     assert not any("checkpoints" in n for n in names)
+
+
+@pytest.mark.slow
+def test_gpu_sweep_check_stops_a_sweep_at_its_time_limit_and_reports_how_far_it_got(tmp_path):
+    out = tmp_path / "out"
+    endless = ["model=srcnn,deblurcnn", *THREADED, "trainer.epochs=100000", "trainer.precision=32"]
+    result = gpu_sweep_check(tmp_path, out, *endless, PHASES="fast", FAST_LIMIT="45")
+    assert result.returncode == 124, result.stdout + result.stderr
+    assert "fast sweep: STOPPED at FAST_LIMIT=45 s" in (out / "timing.txt").read_text()
+    progress = (out / "progress_fast.md").read_text()
+    for job in ("0_model=srcnn", "1_model=deblurcnn"):
+        done, planned = map(int, progress.split(f"| {job} | ")[1].split(" | ")[:2])
+        assert done >= 1 and planned == 100000 and f"(projection: {planned - done} x " in progress
+        assert (tmp_path / "sweeps" / "fast" / job / "checkpoints" / "last.pt").is_file()  # resumable

@@ -1,0 +1,69 @@
+"""Where each job of a sweep stands, finished or not: epochs done, best validation PSNR, measured epoch times.
+
+    python scripts/sweep_progress.py SWEEP [--epochs N] [--out FILE]
+
+Reads every job's metrics.csv, so it works on a sweep that is still running or was stopped (a lease that ran out,
+a SIGTERM) where no summary.md exists yet. The epoch times are measured; the last column, the time each job would
+still need for its epochs (its own ``trainer.epochs``, or --epochs) at its median epoch time after the first, is a
+projection and labelled as one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from deblur_exp.cli import run_cli
+from deblur_exp.errors import DeblurError
+from deblur_exp.jobs import metrics_rows, named_sweep_jobs
+from deblur_exp.run_dir import RunDir
+from deblur_exp.tables import markdown_table, write_text
+
+COLUMNS = ["job", "epochs done", "of", "best val PSNR", "first epoch (s)", "median later epoch (s)",
+           "projected s to finish"]
+
+
+def planned_epochs(job: Path) -> int:
+    """The job's own trainer.epochs, from the config Hydra saved in its folder."""
+    config = RunDir(job).config
+    if not config.is_file():
+        raise DeblurError(f"{job}: no .hydra/config.yaml to read trainer.epochs from; pass --epochs")
+    return int(OmegaConf.load(config).trainer.epochs)
+
+
+def job_progress(job: Path, epochs: int | None) -> list:
+    """One table row; a job that has not finished an epoch yet says so."""
+    epochs = epochs or planned_epochs(job)
+    rows = metrics_rows(job) if RunDir(job).metrics.is_file() else []
+    if not rows:
+        return [job.name, 0, epochs, "-", "-", "-", "no epoch finished yet"]
+    times = [float(r["epoch_time_s"]) for r in rows]
+    steady = statistics.median(times[1:] or times)  # the first epoch pays for start-up and compilation
+    done = int(rows[-1]["epoch"])
+    left = max(epochs - done, 0)
+    return [job.name, done, epochs, f"{max(float(r['val_psnr']) for r in rows):.3f}", f"{times[0]:.1f}", f"{steady:.2f}",
+            "finished" if left == 0 else f"{left * steady:.0f} (projection: {left} x {steady:.2f} s)"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweep", type=Path, help="a sweep folder (hydra.sweep.dir)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="the epochs each job is meant to train (default: each job's own trainer.epochs)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
+    args = p.parse_args()
+    if args.epochs is not None and args.epochs < 1:
+        raise DeblurError(f"--epochs: must be at least 1 (got {args.epochs})")
+    rows = [job_progress(job, args.epochs) for job in named_sweep_jobs(args.sweep).values()]
+    table = markdown_table(COLUMNS, rows) + f"\nsweep: {args.sweep}\n"
+    print(table)
+    if args.out:
+        write_text(args.out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
