@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import statistics
@@ -39,9 +38,8 @@ from deblur_exp.config import DataConfig, DegradationConfig
 from deblur_exp.data.patches import PatchSet, load_patches
 from deblur_exp.errors import DeblurError
 from deblur_exp.models import build_model, list_models
-from deblur_exp.jobs import collect
+from deblur_exp.jobs import collect, metrics_rows
 from deblur_exp.tables import markdown_table, write_json
-from deblur_exp.run_dir import RunDir
 from deblur_exp.runtime import PRECISIONS, autocast_for, resolve_device
 from deblur_exp.batches import PatchTensors
 from deblur_exp.training import EpochPlan, Numerics, train_epoch
@@ -312,8 +310,7 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
         for row in collect(Path(sweep_dir)):
             if row["status"] != "ok":
                 return {"failed": f"job {row['job']}: {row['error']}", "command": command}
-            with open(RunDir(Path(sweep_dir) / row["job"]).metrics, newline="") as f:
-                times = [float(r["epoch_time_s"]) for r in csv.DictReader(f)]
+            times = [float(r["epoch_time_s"]) for r in metrics_rows(Path(sweep_dir) / row["job"])]
             jobs[row["model"]] = {"epoch_times_s": times, "steady_epoch_s": statistics.median(times[1:] or times)}
     slowest = max(job["steady_epoch_s"] for job in jobs.values())
     projected = wall + (SEED_EPOCHS - epochs) * slowest
