@@ -93,6 +93,7 @@ class DataConfig:
     split: str = "image"
     color: str = "rgb"
     augment: bool = False
+    scales: List[float] = field(default_factory=lambda: [1.0])
     cache: bool = True
     download: bool = False
     url: Optional[str] = None
@@ -345,6 +346,8 @@ def check_config(cfg: DictConfig) -> None:
     need(data.patch_size > 0, "data.patch_size", "must be a positive integer")
     need(data.stride >= 1, "data.stride", "must be at least 1")
     need(0 < data.val_fraction < 1, "data.val_fraction", "must lie strictly between 0 and 1")
+    need(len(data.scales) > 0 and all(0 < s <= 1 for s in data.scales), "data.scales",
+         "must list factors in (0, 1], e.g. [1.0] (no scale augmentation) or [1.0,0.9,0.8,0.7,0.6]")
     for key, problem in degradation_problems(degradation):  # the degradation checks its own settings
         need(False, f"degradation.{key}", problem)
     need(data.patch_size // degradation.scale >= 1, "data.patch_size",

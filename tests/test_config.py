@@ -90,6 +90,8 @@ def test_schema_rejects_typos_and_wrong_types(make_cfg, override, key):
     ("trainer.epochs=-1", "trainer.epochs: must be a positive integer"),
     ("data.stride=0", "data.stride: must be at least 1"),
     ("data.val_fraction=1.0", "data.val_fraction: must lie strictly between 0 and 1"),
+    ("data.scales=[1.0,1.5]", r"data.scales: must list factors in \(0, 1\]"),
+    ("data.scales=[]", r"data.scales: must list factors in \(0, 1\]"),
     ("data.patch_size=2", "data.patch_size: is smaller than degradation.scale=3"),
     ("degradation.blur_kernel=4", "degradation.blur_kernel: must be 0 .no blur. or a positive odd number"),
     ("trainer.device=tpu", "trainer.device: must be auto, cpu, cuda or cuda:N"),

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from deblur_exp.config import DataConfig, DegradationConfig
-from deblur_exp.data.degrade import degrade
+from deblur_exp.data.degrade import degrade, imresize_matlab
 from deblur_exp.data.images import write_image
-from deblur_exp.data.patches import cut_patches, load_patches, split_indices
+from deblur_exp.data.patches import cache_key, cut_patches, load_patches, split_indices
 from deblur_exp.errors import DeblurError
 from tests.conftest import dataset
 
@@ -97,6 +97,29 @@ def test_image_split_keeps_images_apart_and_is_reproducible(tmp_path):
     assert np.array_equal(again[1], val)
     named = DataConfig(name="t", root=str(root), patch_size=10, stride=5, split="image", val_images=["img2"])
     assert set(patches.image_index[split_indices(patches, named, seed=1)[1]]) == {2}
+
+
+def test_scales_add_the_patches_of_shrunk_copies_under_their_image(tmp_path):
+    root = make_folder(tmp_path / "imgs", [(40, 52), (30, 30)])
+    per_image = DegradationConfig(name="g", apply_to="image")
+    image = np.asarray(__import__("deblur_exp.data.images", fromlist=["read_image"]).read_image(root / "img0.png"))
+    plain = DataConfig(name="t", root=str(root), patch_size=12, stride=6, split="image", val_images=["img1"])
+    scaled = DataConfig(name="t", root=str(root), patch_size=12, stride=6, split="image", val_images=["img1"],
+                        scales=[1.0, 0.5, 0.25])  # img1 at 0.5 is 15x15; every copy at 0.25 is under 12: skipped
+    base, extra = load_patches(plain, per_image, None), load_patches(scaled, per_image, None)
+    half = imresize_matlab(image, (26, 20))
+    expected_img0 = np.concatenate([loop_patches(image, 12, 6), loop_patches(half, 12, 6)])
+    assert np.array_equal(extra.sharp[extra.image_index == 0], expected_img0)
+    assert np.array_equal(extra.degraded[extra.image_index == 0][len(loop_patches(image, 12, 6)):],
+                          loop_patches(degrade(half, per_image), 12, 6))
+    assert len(extra) == len(base) + len(loop_patches(half, 12, 6)) + 1  # img1 at 0.5: one 12x12 patch
+    train, val = split_indices(extra, scaled, seed=0)  # every size of img1 is held out with it
+    assert set(extra.image_index[val]) == {1} and (extra.image_index == 1).sum() == len(val)
+    fingerprint = [["img0", 1]]
+    assert cache_key(fingerprint, scaled, per_image) != cache_key(fingerprint, plain, per_image)
+    with pytest.raises(DeblurError, match=r"data.scales: \[0.2\] shrinks every image below data.patch_size=12"):
+        load_patches(DataConfig(name="t", root=str(root), patch_size=12, stride=6, scales=[0.2]), per_image,
+                     None)
 
 
 def test_t91_patch_count_and_seed_split():

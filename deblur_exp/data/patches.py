@@ -20,7 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from deblur_exp.atomic import WriteFailed, atomic_write
 from deblur_exp.config import DataConfig, DegradationConfig
-from deblur_exp.data.degrade import degrade, sharp_for
+from deblur_exp.data.degrade import degrade, imresize_matlab, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
@@ -59,13 +59,30 @@ def degrade_and_cut(sharp: np.ndarray, data: DataConfig,
     return sharp_patches, degraded
 
 
+def rescaled(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """``rgb`` shrunk by ``factor`` with MATLAB's bicubic (as FSRCNN built its scale-augmented T91)."""
+    if factor == 1:
+        return rgb
+    height, width = rgb.shape[:2]
+    return imresize_matlab(rgb, (max(1, round(width * factor)), max(1, round(height * factor))))
+
+
 def build_patch_set(images: list[Image], data: DataConfig, degradation: DegradationConfig) -> PatchSet:
+    """Every image's patches at every size in ``data.scales``; a shrunk copy's patches keep their image's index,
+    so split=image holds out all sizes of an image together."""
     sharp, degraded, index = [], [], []
     for i, image in enumerate(images):
-        s, d = degrade_and_cut(sharp_for(image.rgb, data.color, degradation, image.grey), data, degradation)
-        sharp.append(s)
-        degraded.append(d)
-        index.append(np.full(len(s), i, dtype=np.int64))
+        for factor in data.scales:
+            rgb = rescaled(image.rgb, factor)
+            if min(rgb.shape[:2]) < data.patch_size:  # a shrunk copy too small for one patch adds nothing
+                continue
+            s, d = degrade_and_cut(sharp_for(rgb, data.color, degradation, image.grey), data, degradation)
+            sharp.append(s)
+            degraded.append(d)
+            index.append(np.full(len(s), i, dtype=np.int64))
+    if not sharp:
+        raise DeblurError(f"data.scales: {list(data.scales)} shrinks every image below data.patch_size="
+                          f"{data.patch_size}; include 1.0 or use larger factors")
     return PatchSet(np.concatenate(sharp), np.concatenate(degraded), np.concatenate(index),
                     [im.name for im in images])
 
@@ -77,6 +94,8 @@ def cache_key(fingerprint: list, data: DataConfig, degradation: DegradationConfi
         "patch_size": data.patch_size,
         "stride": data.stride,
         "color": data.color,
+        # only when set, so that the caches of runs without scale augmentation keep their keys
+        **({"scales": list(data.scales)} if list(data.scales) != [1.0] else {}),
         "degradation": {k: v for k, v in dataclasses.asdict(degradation).items() if k != "name"},
     }
     return hashlib.sha256(json.dumps(determines, sort_keys=True).encode()).hexdigest()[:20]
