@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -26,9 +27,10 @@ def default_output_dir(kind: str) -> Path:
     return root / kind / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
-def add_eval_options(parser, *keys: str) -> None:
+def add_eval_options(parser, *keys: str, from_checkpoints: tuple[str, ...] = ()) -> None:
     """Add ``--<key>`` options whose defaults and help come from conf/eval/default.yaml (its values and its line
     comments) and whose types come from the eval schema, so scripts never restate the training-time eval settings.
+    Keys in ``from_checkpoints`` default to None instead: the script reads them from each checkpoint's config.
     """
     import re
     import typing
@@ -43,12 +45,13 @@ def add_eval_options(parser, *keys: str) -> None:
     hints = typing.get_type_hints(EvalConfig)
     for key in keys:
         comment = re.search(rf"^{key}:[^#\n]*#\s*(.+)$", text, re.MULTILINE)
-        default = values.get(key)
-        help_text = f"{comment.group(1).strip() if comment else key} (default: {default})"
+        default = None if key in from_checkpoints else values.get(key)
+        shown = f"the checkpoints' own eval.{key}" if key in from_checkpoints else default
+        help_text = f"{comment.group(1).strip() if comment else key} (default: {shown})"
         flag = "--" + key.replace("_", "-")
         hint = hints[key]
-        if hint is bool:
-            parser.add_argument(flag, action="store_true", default=default, help=help_text)
+        if hint is bool:  # --key / --no-key, so a script can tell "not given" from false where it needs to
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(hint) is list:
             parser.add_argument(flag, nargs="*", default=default, help=help_text)
         else:

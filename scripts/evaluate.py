@@ -1,11 +1,12 @@
 """Score checkpoints on whole images and compare them.
 
     python scripts/evaluate.py RUN [RUN ...] [--sets Set5 Set14] [--images FOLDER] [--out DIR]
-                               [--tile N] [--self-ensemble] [--y-channel] [--crop-border N] [--device D]
+                               [--tile N] [--self-ensemble] [--[no-]y-channel] [--crop-border N] [--device D]
 
 RUN is a run folder (its eval.checkpoint: best.pt unless the run chose last), a sweep folder (every run in it)
 or a checkpoint file. Each image is degraded with the checkpoint's own degradation settings, restored, and
-scored against the sharp original. Writes into --out: <model>/<set>.csv per image, summary.csv / summary.md
+scored against the sharp original, on the checkpoints' own scoring protocol (their eval.y_channel and
+eval.crop_border; --y-channel/--no-y-channel and --crop-border override it). Writes into --out: <model>/<set>.csv per image, summary.csv / summary.md
 ranking the models by mean restored PSNR, the three-panel figure per image, and compare_<image>.png with one
 restored panel per model.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deblur_exp.cli import add_eval_options, default_data_dir, default_output_dir, read_image_sets, run_cli
+from deblur_exp.config import EvalConfig
 from deblur_exp.data.degrade import degrade
 from deblur_exp.errors import DeblurError
 from deblur_exp.data.images import read_folder
@@ -30,6 +32,9 @@ from deblur_exp.runtime import resolve_device
 from deblur_exp.tables import markdown_table, table_cell, write_csv, write_text
 
 
+PROTOCOL = ("y_channel", "crop_border")  # the eval keys that decide what a PSNR/SSIM figure means
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders, sweep folders or checkpoint files")
@@ -37,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--images", type=Path, help="another folder of sharp images to score")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
     p.add_argument("--out", type=Path, help="output folder (default: outputs/eval/<date>_<time>)")
-    add_eval_options(p, "tile", "tile_overlap", "self_ensemble", "y_channel", "crop_border")
+    add_eval_options(p, "tile", "tile_overlap", "self_ensemble", *PROTOCOL, from_checkpoints=PROTOCOL)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compare", default="butterfly", help="image for the side-by-side model figure")
     p.add_argument("--no-figures", action="store_true", help="skip the per-image figures")
@@ -52,9 +57,28 @@ def unique_labels(restorers) -> None:
             r.label = r.arch
 
 
+def scoring_protocol(args: argparse.Namespace, restorers) -> None:
+    """Fill the protocol options not given on the command line from the checkpoints' own eval settings, so an
+    SR-protocol checkpoint (Y, 3-pixel crop) is scored as its run was; checkpoints that disagree need the flag."""
+    sources = []
+    for key in PROTOCOL:
+        flag = "--" + key.replace("_", "-")
+        if getattr(args, key) is not None:
+            sources.append(f"{key}={getattr(args, key)} (given)")
+            continue
+        default = getattr(EvalConfig(), key)
+        values = {r.config.get("eval", {}).get(key, default) for r in restorers}
+        if len(values) > 1:
+            raise DeblurError(f"{flag}: the checkpoints were scored with different eval.{key} "
+                              f"({', '.join(map(str, sorted(values)))}); give {flag} to score them alike")
+        setattr(args, key, values.pop())
+        sources.append(f"{key}={getattr(args, key)} (the checkpoints')")
+    print("scoring: " + ", ".join(sources))
+
+
 def main() -> int:
     args = parse_args()
-    if args.crop_border < 0 or (args.tile is not None and args.tile < 1):
+    if (args.crop_border is not None and args.crop_border < 0) or (args.tile is not None and args.tile < 1):
         raise DeblurError("--crop-border must be >= 0 and --tile >= 1")
     device = resolve_device(args.device)
     out = args.out or default_output_dir("eval")
@@ -70,6 +94,7 @@ def main() -> int:
     if not restorers:
         raise DeblurError("no usable checkpoint: " + "; ".join(problems))
     unique_labels(restorers)
+    scoring_protocol(args, restorers)
 
     sets, bad = read_image_sets(args.sets, args.data_dir)
     problems += bad

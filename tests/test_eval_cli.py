@@ -90,6 +90,39 @@ def test_evaluate_refuses_a_checkpoint_of_another_architecture(trained_run, tmp_
     assert "holds a 'srcnn' model but the config asks for 'dncnn'" in result.stderr
 
 
+def test_evaluate_scores_on_the_checkpoints_own_protocol(trained_run, tmp_path):
+    """A checkpoint trained with eval.crop_border=3 and y_channel=true is scored that way without flags; flags
+    override; checkpoints that disagree need the flag."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from deblur_exp.checkpoint import save_checkpoint
+
+    state = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
+    config = OmegaConf.create(state["config"])
+    config.eval.crop_border, config.eval.y_channel = 3, True
+    protocol_pt = tmp_path / "protocol" / "best.pt"
+    save_checkpoint(protocol_pt, {**state, "config": OmegaConf.to_yaml(config)})
+    plain_pt = trained_run / "checkpoints" / "best.pt"
+    images = write_sharp_images(tmp_path / "i")
+
+    def mean_psnr(*args):
+        out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
+        result = run_script("evaluate.py", *args, "--sets", "--images", str(images), "--out", str(out),
+                            "--no-figures")
+        assert result.returncode == 0, result.stderr
+        return [float(r["mean_psnr"]) for r in read_rows(out / "summary.csv")], result.stdout
+
+    own, stdout = mean_psnr(str(protocol_pt))
+    assert "scoring: y_channel=True (the checkpoints'), crop_border=3 (the checkpoints')" in stdout
+    assert own == mean_psnr(str(plain_pt), "--y-channel", "--crop-border", "3")[0]
+    assert own != mean_psnr(str(plain_pt))[0]
+    assert mean_psnr(str(protocol_pt), "--no-y-channel", "--crop-border", "0")[0] == mean_psnr(str(plain_pt))[0]
+    mixed = run_script("evaluate.py", str(plain_pt), str(protocol_pt), "--sets", "--images", str(images))
+    assert mixed.returncode == 2 and "Traceback" not in mixed.stderr
+    assert "--y-channel: the checkpoints were scored with different eval.y_channel (False, True)" in mixed.stderr
+
+
 @pytest.mark.slow
 def test_missing_checkpoint_is_one_line(tmp_path):
     for script, args in (("evaluate.py", [str(tmp_path / "nope.pt")]),
