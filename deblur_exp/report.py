@@ -1,6 +1,6 @@
 """The results report: finished runs -> one table, learning curves and a zoomed model comparison.
 
-``scripts/report.py`` is the command. Each run's best checkpoint is scored on whole test images in both
+``scripts/report.py`` is the command. Each run's checkpoint (its eval.checkpoint) is scored on whole test images in both
 protocols people compare with: RGB (the seed notebook's) and the super-resolution literature's (BT.601 luma,
 ``y_crop`` pixels shaved from each side). The seed notebook's own reported figures sit beside ours.
 """
@@ -12,7 +12,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from deblur_exp.data.degrade import degrade, sharp_for
+from deblur_exp.data.degrade import DegradationConfig, degrade, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import Restorer, bar_off, load_restorer, score_pair
@@ -122,24 +122,44 @@ def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_cr
     for run in tqdm(runs, desc="scoring runs", unit="run", disable=bar_off(progress)):
         restorer = run.restorer
         restorer.model.to(device)
+        protocols = protocol_options(restorer, y_crop)
         for set_name, images in sets.items():
-            rows = {p: [] for p in PROTOCOLS}
+            rows = {p: [] for p in protocols}
             for image in images:
                 sharp = sharp_for(image.rgb, restorer.color, restorer.degradation, image.grey)
                 degraded = degrade(sharp, restorer.degradation)
                 restored = restore_image(restorer.model, degraded, device)
-                for protocol in PROTOCOLS:
-                    options = {"y_channel": True, "crop_border": y_crop} if protocol == "y" else {}
+                for protocol, options in protocols.items():
                     rows[protocol].append(score_pair(sharp, degraded, restored, **options, device=device))
                 if image.name == compare and run.compare is None:
-                    run.compare, run.compare_psnr = restored, rows["rgb"][-1]["psnr_restored"]
+                    first = rows[next(iter(protocols))][-1]  # RGB, or Y for a luma-only run (see test_table)
+                    run.compare, run.compare_psnr = restored, first["psnr_restored"]
                     baseline.setdefault("compare", {"image": sharp, "degraded": degraded,
-                                                    "psnr": rows["rgb"][-1]["psnr_degraded"]})
-            for protocol, scored in rows.items():
+                                                    "psnr": first["psnr_degraded"]})
+            for protocol in PROTOCOLS:
+                scored = rows.get(protocol)
+                if not scored:  # no RGB score for a luma-only run: the table shows "-"
+                    run.scores[f"{set_name}_{protocol}"] = {m: math.nan for m in IMAGE_METRICS}
+                    continue
                 means = {k: float(np.mean([r[k] for r in scored])) for k in scored[0]}
                 run.scores[f"{set_name}_{protocol}"] = {m: means[f"{m}_restored"] for m in IMAGE_METRICS}
-                baseline[f"{set_name}_{protocol}"] = {m: means[f"{m}_degraded"] for m in IMAGE_METRICS}
+                baseline.setdefault(f"{set_name}_{protocol}", {m: means[f"{m}_degraded"] for m in IMAGE_METRICS})
     return baseline
+
+
+def protocol_options(restorer: Restorer, y_crop: int) -> dict[str, dict]:
+    """score_pair options per protocol this run can be scored in: a run trained on the luma alone
+    (data.color=y) has no RGB output, and its images already are the Y channel."""
+    if restorer.color == "y":
+        return {"y": {"crop_border": y_crop}}
+    return {"rgb": {}, "y": {"y_channel": True, "crop_border": y_crop}}
+
+
+def seed_comparable(run: RunResult) -> bool:
+    """The seed's reported figures apply to RGB runs under the seed's degradation (the schema's defaults)."""
+    settings = {k: v for k, v in run.config["degradation"].items() if k not in ("name", "apply_to")}
+    seed = {k: v for k, v in asdict(DegradationConfig(name="seed")).items() if k not in ("name", "apply_to")}
+    return run.restorer.color == "rgb" and settings == seed
 
 
 def _num(value, digits=2) -> str:
@@ -166,13 +186,15 @@ def test_table(runs: list[RunResult], baseline: dict, set_names: list[str], y_cr
     header += [f"{compare} RGB PSNR", f"seed's {compare} RGB PSNR"]
 
     def cells(scores: dict) -> list[str]:
-        return [" / ".join(_num(scores[f"{s}_{p}"][name], m.digits) for name, m in IMAGE_METRICS.items())
+        return [" / ".join(_num(scores.get(f"{s}_{p}", {}).get(name), m.digits) for name, m in IMAGE_METRICS.items())
                 for s in set_names for p in PROTOCOLS]
 
     rows = [["-", "degraded input", *cells(baseline), _num(baseline.get("compare", {}).get("psnr")), "-"]]
     for run in runs:
-        rows.append([run.recipe, run.arch, *cells(run.scores), _num(run.compare_psnr),
-                     _num(SEED_REPORTED.get(run.arch, {}).get("butterfly") if compare == "butterfly" else None)])
+        rgb = run.restorer.color == "rgb"
+        seed = SEED_REPORTED.get(run.arch, {}).get("butterfly") if compare == "butterfly" else None
+        rows.append([run.recipe, run.arch, *cells(run.scores), _num(run.compare_psnr if rgb else None),
+                     _num(seed if seed_comparable(run) else None)])
     return markdown_table(header, rows)
 
 
@@ -196,9 +218,10 @@ def write_report(out: Path, runs: list[RunResult], baseline: dict, set_names: li
         f"# Results: {len(runs)} runs",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `{command}` on {machine()} (scoring; training device per "
-        "row). Whole test images degraded with each run's own degradation, restored in one pass by its best "
-        f"checkpoint. RGB: all three channels, no crop. Y: ITU-R BT.601 luma with {y_crop} pixels shaved from each "
-        "side (the super-resolution papers' protocol). PSNR in dB, data range 1.0.",
+        "row). Whole test images degraded with each run's own degradation, restored in one pass by the checkpoint "
+        "its eval.checkpoint names (best.pt unless the run chose last.pt). RGB: all three channels, no crop. Y: "
+        f"ITU-R BT.601 luma with {y_crop} pixels shaved from each side (the super-resolution papers' protocol); a "
+        "run trained on the luma alone (data.color=y) has only Y scores. PSNR in dB, data range 1.0.",
         "",
         "## Training",
         "",
@@ -211,7 +234,8 @@ def write_report(out: Path, runs: list[RunResult], baseline: dict, set_names: li
         "## Test images",
         "",
         test_table(runs, baseline, set_names, y_crop, compare),
-        f"The seed's {compare} column is the figure the seed notebook printed for its model after 202 epochs.",
+        f"The seed's {compare} column is the figure the seed notebook printed for its model after 202 epochs, shown "
+        "for RGB runs under the seed's degradation.",
         "",
     ])
     write_text(out / "results.md", text)

@@ -68,6 +68,32 @@ def test_report_tables_figures_and_scores_agree_with_the_runs(tiny_sweep, tmp_pa
     assert "| 26.46 |" in table and "29.8" in table and "PSNR of each batch's MSE" in table
 
 
+@pytest.mark.slow
+def test_a_luma_only_run_is_reported_in_y_alone(tmp_path):
+    """A data.color=y run (the SR protocol) has no RGB scores: the report shows "-" there, not a Y figure under
+    an RGB label, scores Y with the crop as the run itself did, and leaves out the seed's RGB references."""
+    set5 = dataset("Set5")
+    run = tmp_path / "run"
+    result = run_script("train.py", *TINY, "model=srcnn", "data.color=y", "model.params.channels=1",
+                        "degradation=bicubic_x3", "eval.sets=[Set5]", "eval.crop_border=3", "eval.checkpoint=last",
+                        "eval.held_out=false", "eval.figures=false", f"paths.run_dir={run}",
+                        env={"DEBLUR_DATA_DIR": str(set5.parent)})
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "report"
+    result = run_script("report.py", str(run), "--out", str(out), "--sets", "Set5", "--data-dir", str(set5.parent),
+                        "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    with open(out / "results.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    own = json.loads((run / "summary.json").read_text())["eval"]["Set5"]
+    assert float(row["Set5_y_psnr"]) == pytest.approx(own["psnr_restored"], abs=1e-4)
+    assert row["Set5_rgb_psnr"] == "nan"
+    tests = (out / "results.md").read_text().split("## Test images")[1]
+    line = next(line for line in tests.splitlines() if "| srcnn |" in line)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "- / -" and cells[3].startswith(f"{own['psnr_restored']:.2f} / ") and cells[4:] == ["-", "-"]
+
+
 def test_report_refuses_a_folder_without_finished_runs(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_script("report.py", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--device", "cpu")
