@@ -47,6 +47,19 @@ def resume_argv(argv: list[str]) -> list[str]:
     return [argv[0], *kept, *rest, f"resume={_quote(run)}", f"hydra.run.dir={_quote(run)}"]
 
 
+def run_dir_argv(argv: list[str]) -> list[str]:
+    """``paths.run_dir=DIR`` for a single run also makes DIR Hydra's output folder, so the run's .hydra/ record
+    (config, overrides: what resume and report.py read) lands in the run folder, not in a second folder under
+    outputs/runs/. A sweep (-m) gives every job its own folder and is left alone."""
+    args = argv[1:]
+    given = [a for a in args if _override_key(a) == "paths.run_dir"]
+    resuming = any(a.startswith("resume=") and a != "resume=auto" for a in args)  # resume_argv sets the folder
+    if not given or resuming or any(a in ("-m", "--multirun") for a in args) or any(
+            _override_key(a) == "hydra.run.dir" for a in args):
+        return argv
+    return [*argv, "hydra.run.dir=" + given[-1].split("=", 1)[1]]
+
+
 def distributed_argv(argv: list[str]) -> list[str]:
     """Under torchrun, let only rank 0 have a run folder: the other ranks' Hydra output goes to a temp dir.
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 import deblur_exp.config  # noqa: F401  (registers the config schemas and resolvers with Hydra)
 from deblur_exp.cli import run_hydra_cli
-from deblur_exp.resume import distributed_argv, resume_argv
+from deblur_exp.resume import distributed_argv, resume_argv, run_dir_argv
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -26,5 +26,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv = distributed_argv(resume_argv(sys.argv))
+    sys.argv = distributed_argv(resume_argv(run_dir_argv(sys.argv)))
     run_hydra_cli(main)

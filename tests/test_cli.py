@@ -41,6 +41,20 @@ def test_train_then_resume_from_the_shell(tmp_path):
     assert "resumed from" in (run / "train.log").read_text()
 
 
+def test_a_run_folder_given_by_paths_run_dir_holds_its_whole_record_and_resumes(tmp_path):
+    """paths.run_dir=DIR puts .hydra/ (what resume= and report.py read) in DIR too, not in outputs/runs/."""
+    env = {"DEBLUR_OUTPUT_DIR": str(tmp_path / "outputs")}
+    run = tmp_path / "my_run"
+    first = run_script("train.py", *TINY, "trainer.epochs=1", "model=srcnn", f"paths.run_dir={run}", env=env)
+    assert first.returncode == 0, first.stderr
+    assert f"paths.run_dir={run}" in (run / ".hydra" / "overrides.yaml").read_text()
+    assert not (tmp_path / "outputs" / "runs").exists()  # no second, half-empty folder
+    again = run_script("train.py", f"resume={run}", "trainer.epochs=2", env=env)
+    assert again.returncode == 0, again.stderr
+    with open(run / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+
+
 @pytest.mark.slow
 def test_two_runs_started_together_get_their_own_folders(tmp_path):
     args = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *TINY, "trainer.epochs=1", "model=srcnn"]
