@@ -1,11 +1,13 @@
 """Ship finished runs as the package's pretrained models (``pretrained:<name>``).
 
     python scripts/export_pretrained.py RUN [RUN ...] [--data-dir DIR]
+    python scripts/export_pretrained.py RUN --name NAME
 
-Each run's checkpoint (its eval.checkpoint: best.pt unless the run chose last) is written weights-only to deblur_exp/weights/<architecture>.pt with how it was
-trained (recipe, epochs, device, time, the resolved config), scored on Set5 and Set14 (RGB, whole images,
-the run's own degradation) and pinned by SHA-256 in deblur_exp/weights/manifest.json. Prints the table
-README's "Pretrained models" shows.
+Each run's checkpoint (its eval.checkpoint: best.pt unless the run chose last) is written weights-only to
+deblur_exp/weights/<NAME>.pt (NAME: the architecture unless --name gives one) with how it was trained (recipe,
+epochs, device, time, the resolved config), scored on Set5 and Set14 (whole images, the run's own degradation
+and scoring protocol: RGB, or Y with its eval.crop_border) and pinned by SHA-256 in
+deblur_exp/weights/manifest.json. Prints the table README's "Pretrained models" shows.
 """
 
 from __future__ import annotations
@@ -29,32 +31,50 @@ SETS = ("Set5", "Set14")
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="finished run folders, one per architecture")
+    p.add_argument("--name", help="ship one run under this name instead of its architecture's (e.g. edsr_x3)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
     return p.parse_args()
+
+
+def scoring_protocol(restorer) -> dict:
+    """The run's own eval.y_channel and eval.crop_border: how its published figures are measured."""
+    own = restorer.config.get("eval", {})
+    return {"y_channel": bool(own.get("y_channel", False)), "crop_border": int(own.get("crop_border", 0))}
+
+
+def protocol_label(restorer, protocol: dict) -> str:
+    """"RGB", or "Y, crop 3" for the SR protocol (a luma-only model is scored in Y)."""
+    channel = "Y" if protocol["y_channel"] or restorer.color == "y" else "RGB"
+    return channel + (f", crop {protocol['crop_border']}" if protocol["crop_border"] else "")
 
 
 def main() -> int:
     args = parse_args()
     sets, _ = read_image_sets(list(SETS), args.data_dir)
+    if args.name and len(args.runs) != 1:
+        raise DeblurError("--name: give exactly one run to ship under a name")
     runs = [load_run(folder) for folder in args.runs]
-    archs = [r.arch for r in runs]
-    if len(set(archs)) != len(archs):
-        raise DeblurError(f"two runs of one architecture ({', '.join(archs)}); export one run per architecture")
+    names = [args.name or r.arch for r in runs]
+    if len(set(names)) != len(names):
+        raise DeblurError(f"two runs of one architecture ({', '.join(names)}); export one run per architecture")
     rows = []
-    for run in runs:
+    for run, name in zip(runs, names):
         checkpoint = run_checkpoint(run.folder)
         restorer = load_restorer(checkpoint, "cpu", label=run.arch)
-        scores = {name: summarize(evaluate_set(restorer, images, "cpu", progress=False)[0])["psnr_restored"]
-                  for name, images in sets.items()}
+        protocol = scoring_protocol(restorer)
+        scores = {set_name: summarize(evaluate_set(restorer, images, "cpu", progress=False, **protocol)[0])[
+            "psnr_restored"] for set_name, images in sets.items()}
         s = run.summary
         overrides = yaml.safe_load(RunDir(run.folder).overrides.read_text()) or []
         trained = {"recipe": run.recipe, "overrides": overrides, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
                    "stopped_by": s.get("stopped_by", "epochs"), "max_time_s": s.get("max_time_s"),
                    "train_time_s": s["train_time_s"], "device": s.get("device"), "run": run.folder.name}
-        entry = export(checkpoint, run.arch, trained, {f"{k}_psnr_rgb": round(v, 4) for k, v in scores.items()})
-        rows.append([f"`{PREFIX}{run.arch}`", s["epochs"], f"{s['train_time_s'] / 60:.1f} min", s.get("device"),
-                     f"{scores['Set5']:.2f}", f"{scores['Set14']:.2f}", f"{entry['bytes'] / 2**20:.2f} MiB"])
-    print(markdown_table(["model", "epochs", "train time", "device", "Set5 PSNR (RGB)", "Set14 PSNR (RGB)", "size"],
+        suffix = protocol_label(restorer, protocol).lower().replace(", ", "_").replace(" ", "")
+        entry = export(checkpoint, name, trained, {f"{k}_psnr_{suffix}": round(v, 4) for k, v in scores.items()})
+        rows.append([f"`{PREFIX}{name}`", s["epochs"], f"{s['train_time_s'] / 60:.1f} min", s.get("device"),
+                     f"{scores['Set5']:.2f}", f"{scores['Set14']:.2f}", f"{entry['bytes'] / 2**20:.2f} MiB",
+                     protocol_label(restorer, protocol)])
+    print(markdown_table(["model", "epochs", "train time", "device", "Set5 PSNR", "Set14 PSNR", "size", "scored in"],
                          rows))
     print(f"written to {FOLDER}")
     return 0
