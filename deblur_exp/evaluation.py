@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from deblur_exp.checkpoint import load_checkpoint
-from deblur_exp.config import DegradationConfig
+from deblur_exp.config import DegradationConfig, EvalConfig
 from deblur_exp.data.degrade import degrade, min_image_size, sharp_for
 from deblur_exp.data.images import Image, read_folder
 from deblur_exp.errors import DeblurError
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 IMAGE_FIELDS = ["image", "size", *score_fields()]
 
 
+PROTOCOL = ("y_channel", "crop_border")  # the eval keys that decide what a PSNR/SSIM figure means
+
+
 @dataclass
 class Restorer:
     """A trained model with everything needed to use it: its degradation and where it came from."""
@@ -42,6 +45,12 @@ class Restorer:
     checkpoint: Path
     epoch: int
     config: dict  # the resolved config it was trained with (e.g. trainer.precision=auto -> bf16)
+
+    @property
+    def protocol(self) -> dict:
+        """How its run scored whole images: the PROTOCOL keys of its eval config (schema defaults if absent)."""
+        own, defaults = self.config.get("eval", {}), EvalConfig()
+        return {key: own.get(key, getattr(defaults, key)) for key in PROTOCOL}
 
 
 def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: str | None = None) -> Restorer:

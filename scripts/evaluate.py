@@ -6,9 +6,9 @@
 RUN is a run folder (its eval.checkpoint: best.pt unless the run chose last), a sweep folder (every run in it)
 or a checkpoint file. Each image is degraded with the checkpoint's own degradation settings, restored, and
 scored against the sharp original, on the checkpoints' own scoring protocol (their eval.y_channel and
-eval.crop_border; --y-channel/--no-y-channel and --crop-border override it). Writes into --out: <model>/<set>.csv per image, summary.csv / summary.md
-ranking the models by mean restored PSNR, the three-panel figure per image, and compare_<image>.png with one
-restored panel per model.
+eval.crop_border; --y-channel/--no-y-channel and --crop-border override it). Writes into --out:
+<model>/<set>.csv per image, summary.csv / summary.md ranking the models by mean restored PSNR, the three-panel
+figure per image, and compare_<image>.png with one restored panel per model.
 """
 
 from __future__ import annotations
@@ -19,20 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from deblur_exp.cli import add_eval_options, default_data_dir, default_output_dir, read_image_sets, run_cli
-from deblur_exp.config import EvalConfig
 from deblur_exp.data.degrade import degrade
 from deblur_exp.errors import DeblurError
 from deblur_exp.data.images import read_folder
-from deblur_exp.evaluation import IMAGE_FIELDS, evaluate_set, load_restorer, summarize
+from deblur_exp.evaluation import IMAGE_FIELDS, PROTOCOL, evaluate_set, load_restorer, summarize
 from deblur_exp.figures import detail_box, three_panel, zoomed_comparison
 from deblur_exp.metrics import IMAGE_METRICS, psnr
 from deblur_exp.models import count_parameters
 from deblur_exp.run_dir import find_checkpoints
 from deblur_exp.runtime import resolve_device
 from deblur_exp.tables import markdown_table, table_cell, write_csv, write_text
-
-
-PROTOCOL = ("y_channel", "crop_border")  # the eval keys that decide what a PSNR/SSIM figure means
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,8 +62,7 @@ def scoring_protocol(args: argparse.Namespace, restorers) -> None:
         if getattr(args, key) is not None:
             sources.append(f"{key}={getattr(args, key)} (given)")
             continue
-        default = getattr(EvalConfig(), key)
-        values = {r.config.get("eval", {}).get(key, default) for r in restorers}
+        values = {r.protocol[key] for r in restorers}
         if len(values) > 1:
             raise DeblurError(f"{flag}: the checkpoints were scored with different eval.{key} "
                               f"({', '.join(map(str, sorted(values)))}); give {flag} to score them alike")

@@ -36,14 +36,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def scoring_protocol(restorer) -> dict:
-    """The run's own eval.y_channel and eval.crop_border: how its published figures are measured."""
-    own = restorer.config.get("eval", {})
-    return {"y_channel": bool(own.get("y_channel", False)), "crop_border": int(own.get("crop_border", 0))}
-
-
-def protocol_label(restorer, protocol: dict) -> str:
-    """"RGB", or "Y, crop 3" for the SR protocol (a luma-only model is scored in Y)."""
+def protocol_label(restorer) -> str:
+    """How its run scores (restorer.protocol): "RGB", or "Y, crop 3" for the SR protocol (a luma-only model is
+    scored in Y)."""
+    protocol = restorer.protocol
     channel = "Y" if protocol["y_channel"] or restorer.color == "y" else "RGB"
     return channel + (f", crop {protocol['crop_border']}" if protocol["crop_border"] else "")
 
@@ -61,19 +57,19 @@ def main() -> int:
     for run, name in zip(runs, names):
         checkpoint = run_checkpoint(run.folder)
         restorer = load_restorer(checkpoint, "cpu", label=run.arch)
-        protocol = scoring_protocol(restorer)
-        scores = {set_name: summarize(evaluate_set(restorer, images, "cpu", progress=False, **protocol)[0])[
+        scores = {set_name: summarize(evaluate_set(restorer, images, "cpu", progress=False, **restorer.protocol)[0])[
             "psnr_restored"] for set_name, images in sets.items()}
+        scored_in = protocol_label(restorer)
         s = run.summary
         overrides = yaml.safe_load(RunDir(run.folder).overrides.read_text()) or []
         trained = {"recipe": run.recipe, "overrides": overrides, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
                    "stopped_by": s.get("stopped_by", "epochs"), "max_time_s": s.get("max_time_s"),
                    "train_time_s": s["train_time_s"], "device": s.get("device"), "run": run.folder.name}
-        suffix = protocol_label(restorer, protocol).lower().replace(", ", "_").replace(" ", "")
+        suffix = scored_in.lower().replace(", ", "_").replace(" ", "")
         entry = export(checkpoint, name, trained, {f"{k}_psnr_{suffix}": round(v, 4) for k, v in scores.items()})
         rows.append([f"`{PREFIX}{name}`", s["epochs"], f"{s['train_time_s'] / 60:.1f} min", s.get("device"),
                      f"{scores['Set5']:.2f}", f"{scores['Set14']:.2f}", f"{entry['bytes'] / 2**20:.2f} MiB",
-                     protocol_label(restorer, protocol)])
+                     scored_in])
     print(markdown_table(["model", "epochs", "train time", "device", "Set5 PSNR", "Set14 PSNR", "size", "scored in"],
                          rows))
     print(f"written to {FOLDER}")
