@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +13,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deblur_exp.atomic import atomic_write  # noqa: E402
+
+# pyplot keeps process-wide state (its figure manager, the text layout's parser). Jobs that share a process
+# (hydra/launcher=threads) often finish together, and two figures drawn at once failed; so one at a time.
+_DRAWING = threading.RLock()
+
+
+def _drawn_alone(draw):
+    @functools.wraps(draw)
+    def locked(*args, **kwargs):
+        with _DRAWING:
+            return draw(*args, **kwargs)
+    return locked
 
 
 def _save(fig, path: Path) -> None:
@@ -30,6 +44,7 @@ def _show(ax, image: np.ndarray, **kwargs) -> None:
     ax.imshow(image, **grey, **kwargs)
 
 
+@_drawn_alone
 def panels(path: Path, images: list[np.ndarray], titles: list[str], suptitle: str | None = None) -> None:
     """One row of images with a title each."""
     height, width = images[0].shape[:2]
@@ -73,6 +88,7 @@ def detail_box(sharp: np.ndarray, size: int | None = None) -> tuple[int, int, in
     return int(top), int(left), size
 
 
+@_drawn_alone
 def zoomed_comparison(path: Path, rows: list[list[tuple[str, np.ndarray]]], box: tuple[int, int, int],
                       suptitle: str | None = None) -> None:
     """Rows of titled full panels, each with its zoomed crop (``box`` = top, left, size) under it.
@@ -107,6 +123,7 @@ def zoomed_comparison(path: Path, rows: list[list[tuple[str, np.ndarray]]], box:
     _save(fig, path)
 
 
+@_drawn_alone
 def learning_curves(path: Path, runs: dict[str, list[dict]], baselines: dict[str, float] | None = None,
                     title: str | None = None) -> None:
     """Validation PSNR per epoch for every run on one axes (with the degraded input's PSNR as dashed lines),

@@ -108,3 +108,22 @@ def test_the_zoom_goes_where_the_detail_is():
     image[60:85, 30:55] = np.random.default_rng(0).integers(0, 256, (25, 25, 3))
     assert detail_box(image, size=25) == (60, 30, 25)
     assert detail_box(image)[2] == 25  # default: a quarter of the shorter side
+
+
+def test_figures_drawn_from_threads_at_once_all_come_out(tmp_path):
+    """Jobs that share a process (hydra/launcher=threads) often finish together and draw their curves.png at the
+    same moment; pyplot's process-wide state made such draws fail (tick-label layout mid-parse in another thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deblur_exp.figures import learning_curves
+
+    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_psnr": 20 + e} for e in range(1, 30)]
+
+    def draw(k: int):
+        path = tmp_path / f"curves_{k}.png"
+        learning_curves(path, {f"$run_{{{k}}}$": rows, "other": rows}, {f"$run_{{{k}}}$": 21.0}, title=f"job {k}")
+        return path
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(draw, range(24)))
+    assert all(p.stat().st_size > 10_000 for p in paths)
