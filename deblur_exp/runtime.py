@@ -205,16 +205,21 @@ class TrainingInterrupted(DeblurError):
         return cls(message, 128 + stop.signum)
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
+def rng_state(generator: torch.Generator, dropout: torch.Generator | None = None) -> dict[str, Any]:
+    """The generators a resumed run needs: the shuffle's (``generator``), the dropout masks' and torch's own."""
     state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+    if dropout is not None:
+        state["dropout"] = dropout.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any], generator: torch.Generator, dropout: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["shuffle"])
+    if dropout is not None and "dropout" in state:  # checkpoints before the run's own dropout generator lack it
+        dropout.set_state(state["dropout"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

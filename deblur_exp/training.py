@@ -32,6 +32,7 @@ from deblur_exp.evaluation import bar_off, evaluate_run
 from deblur_exp.losses import LOSSES
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
+from deblur_exp.models.layers import draw_dropout_from
 from deblur_exp.run_dir import RunDir
 from deblur_exp.resume import auto_resume
 from deblur_exp.runtime import (SETUP_LOCK, Distributed, StopFlag, TimeBudget, TrainingInterrupted, autocast_for,
@@ -135,6 +136,7 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loss_fn: Callable
+    dropout_rng: torch.Generator | None = None  # the run's own dropout masks (models/layers.py); None when compiled
 
 
 @dataclass
@@ -179,6 +181,10 @@ def build_parts(cfg: DictConfig, device: torch.device, numerics: Numerics) -> Pa
     if numerics.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
+    dropout_rng = None
+    if not t.compile:  # compiled models keep torch's dropout: inductor draws the masks its own way
+        dropout_rng = torch.Generator(device).manual_seed(t.seed + 1)  # a stream apart from the shuffle's
+        draw_dropout_from(model, dropout_rng)
     forward_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -188,7 +194,7 @@ def build_parts(cfg: DictConfig, device: torch.device, numerics: Numerics) -> Pa
                  "NCCL" if device.type == "cuda" else "Gloo", t.batch_size * dist.world, t.batch_size, dist.world)
     log.info("model %s: %d parameters on %s (precision %s, channels_last=%s, %d CPU threads)", cfg.model.name,
              count_parameters(model), device, t.precision, numerics.channels_last, torch.get_num_threads())
-    return Parts(model, forward_model, optimizer, make_scheduler(cfg, optimizer), LOSSES[t.loss])
+    return Parts(model, forward_model, optimizer, make_scheduler(cfg, optimizer), LOSSES[t.loss], dropout_rng)
 
 
 def resume_progress(run: RunDir, cfg: DictConfig, parts: Parts, numerics: Numerics,
@@ -199,7 +205,7 @@ def resume_progress(run: RunDir, cfg: DictConfig, parts: Parts, numerics: Numeri
                       (numerics.scaler, "scaler")):
         if part is not None and state.get(key):
             part.load_state_dict(state[key])
-    restore_rng(state["rng"], generator)
+    restore_rng(state["rng"], generator, parts.dropout_rng)
     progress = Progress(state["epoch"], state["best_psnr"], state["best_epoch"], state.get("partial_epoch"),
                         state.get("train_time_s", 0.0))
     log.info("resumed from %s after epoch %d%s (best val PSNR %.3f dB at epoch %d)", state["path"], progress.epoch,
@@ -223,7 +229,7 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
     def checkpoint_state(epoch: int, row: dict | None = None) -> dict:
         return {"arch": cfg.model.name, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
                 "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
-                "scaler": numerics.scaler.state_dict(), "epoch": epoch, "rng": rng_state(generator),
+                "scaler": numerics.scaler.state_dict(), "epoch": epoch, "rng": rng_state(generator, parts.dropout_rng),
                 "config": resolved_config, "metrics": row, "best_psnr": progress.best_psnr,
                 "best_epoch": progress.best_epoch, "train_time_s": budget.spent()}
 

@@ -331,7 +331,10 @@ def test_gpu_lease_script_sets_up_from_the_carried_folder(tmp_path):
     assert missing.returncode == 2 and "run scripts/gpu_carry.sh here and carry it" in missing.stderr
 
 
-THREADED = [*TINY, "trainer.deterministic=true", "eval.enabled=false"]  # no dropout: threads share the global RNG
+# Both models with the seed's dropout: each job draws its masks from its own generator (models/layers.py), so the
+# jobs sharing a process still end with the weights they reach alone.
+THREADED = [*TINY, "trainer.deterministic=true", "eval.enabled=false", "trainer.dropout=0.2"]
+PAIR, JOBS = "model=deblurcnn,deblurcnn_res", ["0_model=deblurcnn", "1_model=deblurcnn_res"]
 
 
 def job_weights(folder, job):
@@ -346,13 +349,13 @@ def test_threads_launcher_runs_the_jobs_side_by_side_as_separate_runs(tmp_path):
     its own lines, and the same weights as the default launcher training the jobs one after another."""
     import torch
 
-    jobs = ["0_model=srcnn", "1_model=deblurcnn"]
-    threaded = run_script("train.py", "-m", "hydra/launcher=threads", "model=srcnn,deblurcnn", *THREADED,
+    jobs = JOBS
+    threaded = run_script("train.py", "-m", "hydra/launcher=threads", PAIR, *THREADED,
                           env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "threads")})
     assert threaded.returncode == 0, threaded.stderr
     assert "Threads launcher: 2 jobs, 2 at a time, in this process" in threaded.stdout
     assert f"[{jobs[1]}] " in threaded.stdout  # console lines say which job they come from
-    sequential = run_script("train.py", "-m", "model=srcnn,deblurcnn", *THREADED,
+    sequential = run_script("train.py", "-m", PAIR, *THREADED,
                             env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "basic")})
     assert sequential.returncode == 0, sequential.stderr
     a, b = sweep_dir(tmp_path / "threads"), sweep_dir(tmp_path / "basic")
@@ -376,9 +379,9 @@ def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path
 
     steady = [*THREADED, "trainer.epochs=30"]
     sweep = tmp_path / "sweep"
-    jobs = ["0_model=srcnn", "1_model=deblurcnn"]
+    jobs = JOBS
     command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=threads",
-               "model=srcnn,deblurcnn", *steady, f"hydra.sweep.dir={sweep}"]
+               PAIR, *steady, f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -394,13 +397,13 @@ def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path
     for job in jobs:
         assert (sweep / job / "checkpoints" / "last.pt").is_file() and not (sweep / job / "summary.json").exists()
 
-    resumed = run_script("train.py", "-m", "hydra/launcher=threads", "model=srcnn,deblurcnn", *steady,
+    resumed = run_script("train.py", "-m", "hydra/launcher=threads", PAIR, *steady,
                          f"hydra.sweep.dir={sweep}", "resume=auto", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("resumed from") == 2
     assert [(r["status"], r["epochs"]) for r in summary_rows(sweep)] == [("ok", "30"), ("ok", "30")]
 
-    reference = run_script("train.py", "-m", "model=srcnn,deblurcnn", *steady, f"hydra.sweep.dir={tmp_path / 'ref'}")
+    reference = run_script("train.py", "-m", PAIR, *steady, f"hydra.sweep.dir={tmp_path / 'ref'}")
     assert reference.returncode == 0, reference.stderr
     for job in jobs:
         ours, theirs = job_weights(sweep, job), job_weights(tmp_path / "ref", job)
