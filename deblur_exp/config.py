@@ -160,6 +160,7 @@ class TrainerConfig:
     patches_on_device: Optional[bool] = None
     compile: bool = False
     compile_mode: str = "default"
+    cuda_graph: bool = False
     deterministic: bool = False
     num_threads: Optional[int] = None
     progress: bool = True
@@ -341,6 +342,13 @@ def check_config(cfg: DictConfig) -> None:
         need(trainer[key] is None or trainer[key] > 0, f"trainer.{key}", "must be positive or null (all batches)")
     need(trainer.image_every > 0, "trainer.image_every", "must be a positive integer")
     need(0 <= trainer.dropout < 1, "trainer.dropout", "must lie in [0, 1)")
+    if trainer.cuda_graph:  # graphed_step.py: a captured step has no room for these
+        need(not trainer.compile, "trainer.compile", "must be false with trainer.cuda_graph=true "
+             "(compile_mode=reduce-overhead makes its own graphs)")
+        need(trainer.precision != "fp16", "trainer.precision", "cannot be fp16 with trainer.cuda_graph=true (the "
+             "gradient scaler checks for overflow on the host every step); use bf16 or 32")
+        need("capturable" in _target_parameters(cfg.optimizer._target_), "optimizer._target_",
+             "cannot step inside a CUDA graph (trainer.cuda_graph=true); use optimizer=adam or optimizer=adamw")
     need(trainer.device in ("auto", "cpu") or trainer.device.split(":")[0] == "cuda", "trainer.device",
          "must be auto, cpu, cuda or cuda:N")
     need(data.patch_size > 0, "data.patch_size", "must be a positive integer")

@@ -23,7 +23,7 @@ class WarmupCosine:
         if not 0.0 <= warmup < 1.0:
             raise ValueError(f"scheduler.warmup must lie in [0, 1), a share of the run (got {warmup})")
         self.optimizer, self.warmup, self.eta_min = optimizer, warmup, eta_min
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
         self.set_progress(0.0)
 
     def lr_at(self, base_lr: float, progress: float) -> float:
@@ -36,7 +36,11 @@ class WarmupCosine:
         """``progress``: the share of the run done once the coming step ends, clamped to [0, 1]."""
         self.progress = min(max(progress, 0.0), 1.0)
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = self.lr_at(base_lr, self.progress)
+            lr = self.lr_at(base_lr, self.progress)
+            if torch.is_tensor(group["lr"]):  # trainer.cuda_graph: the captured step reads this tensor
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
 
     def state_dict(self) -> dict:
         return {"progress": self.progress, "base_lrs": list(self.base_lrs)}

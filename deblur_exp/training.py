@@ -29,6 +29,7 @@ from deblur_exp.config import check_config, parse_duration
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import bar_off, evaluate_run
+from deblur_exp.graphed_step import GraphedStep, Step, eager_step, portable_optimizer_state, use_tensor_lr
 from deblur_exp.losses import LOSSES
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
@@ -227,12 +228,14 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
     budget = TimeBudget(parse_duration(t.max_time), spent_before=progress.spent)
 
     def checkpoint_state(epoch: int, row: dict | None = None) -> dict:
-        return {"arch": cfg.model.name, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+        return {"arch": cfg.model.name, "model": parts.model.state_dict(),
+                "optimizer": portable_optimizer_state(parts.optimizer),
                 "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
                 "scaler": numerics.scaler.state_dict(), "epoch": epoch, "rng": rng_state(generator, parts.dropout_rng),
                 "config": resolved_config, "metrics": row, "best_psnr": progress.best_psnr,
                 "best_epoch": progress.best_epoch, "train_time_s": budget.spent()}
 
+    step = training_step(cfg, parts, numerics)
     baseline = None  # PSNR of the degraded val patches: measured in the first epoch, then reused
     stop = StopFlag()
     with stop.installed() if dist.world == 1 else contextlib.nullcontext():  # DDP: torchrun owns the signals
@@ -242,8 +245,8 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
                          t.max_time, budget.spent(), epoch - 1)
                 return "max_time"
             started, seen_before = time.perf_counter(), (progress.partial or {}).get("seen", 0)
-            train_loss, seen, partial = train_epoch(parts.forward_model, train_set, parts.optimizer, parts.loss_fn,
-                                                    numerics, plan, epoch, generator, stop, progress.partial, budget,
+            train_loss, seen, partial = train_epoch(parts.forward_model, step, train_set, numerics, plan, epoch,
+                                                    generator, stop, progress.partial, budget,
                                                     schedule_hook(parts.scheduler, epoch, t.epochs, budget))
             progress.partial = None
             if partial is not None:  # SIGINT/SIGTERM mid-epoch: save where we are, then stop
@@ -257,7 +260,7 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
             if not math.isfinite(val["val_loss"]):
                 raise DeblurError(f"training diverged: the validation loss is {val['val_loss']} after epoch {epoch}; "
                                   f"lower optimizer.lr. The last good checkpoint is kept in checkpoints/")
-            lr = parts.optimizer.param_groups[0]["lr"]
+            lr = float(parts.optimizer.param_groups[0]["lr"])  # a tensor under trainer.cuda_graph
             step_scheduler(parts.scheduler, val["val_loss"])
             row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr,
                    "epoch_time_s": round(time.perf_counter() - started, 3),
@@ -282,10 +285,27 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
     return "epochs"
 
 
-def train_epoch(model, train_set: PatchTensors, optimizer, loss_fn, step_with: Numerics, schedule: EpochPlan,
-                epoch: int, generator: torch.Generator, stop: StopFlag | None = None, partial: dict | None = None,
+def training_step(cfg: DictConfig, parts: Parts, numerics: Numerics) -> Step:
+    """The step every full batch goes through: eager, or under trainer.cuda_graph replayed from a CUDA graph."""
+    step = eager_step(parts.forward_model, parts.optimizer, parts.loss_fn, numerics)
+    if not cfg.trainer.cuda_graph:
+        return step
+    if numerics.dist.world > 1:
+        raise DeblurError("trainer.cuda_graph: not with torchrun (DDP synchronises gradients outside the graph); "
+                          "set trainer.cuda_graph=false")
+    device = next(parts.model.parameters()).device
+    use_tensor_lr(parts.optimizer, device)  # after resume_progress: loading a checkpoint resets the groups
+    if device.type != "cuda":
+        log.info("trainer.cuda_graph on %s: nothing to capture; the steps run uncaptured through the same path",
+                 device.type)
+    return GraphedStep(step, device, cfg.trainer.batch_size, parts.dropout_rng)
+
+
+def train_epoch(model, step: Step, train_set: PatchTensors, step_with: Numerics, schedule: EpochPlan, epoch: int,
+                generator: torch.Generator, stop: StopFlag | None = None, partial: dict | None = None,
                 budget: TimeBudget | None = None, on_step=None):
-    """One pass over the shuffled training patches; ``on_step(step, total)`` runs before each optimizer step.
+    """One pass over the shuffled training patches through ``step``; ``on_step(step, total)`` runs before each
+    optimizer step.
 
     Returns (mean loss per sample, samples seen, None), or, when ``stop`` is raised mid-epoch,
     (None, samples seen, progress) where progress lets a later call (``partial=progress``) finish this epoch
@@ -306,35 +326,29 @@ def train_epoch(model, train_set: PatchTensors, optimizer, loss_fn, step_with: N
     batches = train_set.batches(plan.batch_size, order, plan.limit_batches, step_with.channels_last, augment)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch}/{plan.epochs}", leave=False, disable=bar_off(plan.progress),
                unit="batch")
-    for step, (degraded, sharp) in enumerate(bar, start=1):
-        if step <= done:  # already trained before an interruption
+    for index, (degraded, sharp) in enumerate(bar, start=1):
+        if index <= done:  # already trained before an interruption
             continue
         if on_step is not None:
-            on_step(step, total)
-        with step_with.autocast():
-            loss = loss_fn(model(degraded), sharp)
-        optimizer.zero_grad(set_to_none=True)
-        step_with.scaler.scale(loss).backward()
-        step_with.scaler.step(optimizer)
-        step_with.scaler.update()
-        loss_sum += loss.detach().double() * len(sharp)  # weight by batch size: the last batch is smaller
+            on_step(index, total)
+        loss_sum += step(degraded, sharp).double() * len(sharp)  # weight by batch size: the last batch is smaller
         seen += len(sharp)
-        if step % 50 == 0 or step == total:  # one host sync per interval, not per step
+        if index % 50 == 0 or index == total:  # one host sync per interval, not per step
             mean = loss_sum.item() / seen
             if not math.isfinite(mean):
-                raise DeblurError(f"training diverged: the loss became {mean} in epoch {epoch} by step {step} "
+                raise DeblurError(f"training diverged: the loss became {mean} in epoch {epoch} by step {index} "
                                   f"(checked every 50 steps); lower optimizer.lr. The last good checkpoint is "
                                   f"kept in checkpoints/")
             bar.set_postfix(loss=f"{mean:.5f}")
-        if stop is not None and stop.signum is not None and step < total:
+        if stop is not None and stop.signum is not None and index < total:
             bar.close()
-            return None, seen, {"step": step, "loss_sum": loss_sum.item(), "seen": seen,
+            return None, seen, {"step": index, "loss_sum": loss_sum.item(), "seen": seen,
                                 "shuffle_state": shuffle_state}
         # DDP: every rank must stop at the same step, so ranks agree at the 50-step sync points only.
-        if (budget is not None and step < total and (dist.world == 1 or step % 50 == 0)
+        if (budget is not None and index < total and (dist.world == 1 or index % 50 == 0)
                 and dist.any_rank(budget.expired())):
             log.info("trainer.max_time reached at step %d of %d in epoch %d: validating and saving this epoch",
-                     step, total, epoch)
+                     index, total, epoch)
             break
     bar.close()
     return loss_sum.item() / max(seen, 1), seen, None

@@ -11,7 +11,7 @@ python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device
 tiny="data=sample data.images=[chelsea,coffee] data.val_images=[chelsea] trainer.epochs=2 trainer.progress=false
       trainer.limit_train_batches=20 trainer.device=cuda eval.sets=[Set5]"
 for knob in trainer.precision=32 trainer.precision=bf16 trainer.precision=fp16 trainer.compile=true \
-            optimizer.fused=true trainer.patches_on_device=false; do
+            optimizer.fused=true trainer.cuda_graph=true trainer.patches_on_device=false; do
   if python scripts/train.py $tiny "$knob" > "$out/smoke_$knob.log" 2>&1; then
     echo "ok   $knob: $(grep -o 'eval Set5.*' "$out/smoke_$knob.log")"
   else

@@ -9,8 +9,8 @@
 #   PHASES=fast ... then PHASES=plain ...                 (two calls on the warm machine: each fits a 600 s call)
 #   LAUNCHER=joblib MPS=1 ...                             (five processes, compiled, under CUDA MPS)
 #
-# LAUNCHER: threads (default; one process, a CUDA stream per job, uncompiled) or joblib (a process per job,
-# torch.compile with CUDA graphs). FAST_LIMIT (seconds, default 480: issue 10's goal): a sweep still running then
+# LAUNCHER: threads (default; one process, a CUDA stream per job, each job's training step replayed from a CUDA
+# graph: trainer.cuda_graph) or joblib (a process per job, torch.compile with CUDA graphs). FAST_LIMIT (seconds, default 480: issue 10's goal): a sweep still running then
 # is stopped with SIGTERM (every job saves last.pt; resume=auto continues it) and progress_fast.md records the
 # epochs each job reached and its measured epoch times. PLAIN_EPOCHS (default 20). SWEEPS (default
 # outputs/gpu_sweep_check) holds the sweeps between the phases. Any further arguments are train.py overrides for
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: [PHASES='fast plain'] [LAUNCHER=threads|joblib] bash scripts/gpu_sweep_check.sh OUT [overrides...]" >&2; exit 2; }
 out=$(realpath -m "$1"); shift
 case ${LAUNCHER:-threads} in
-  threads) fast=(hydra/launcher=threads optimizer.fused=true) ;;
+  threads) fast=(hydra/launcher=threads optimizer.fused=true trainer.cuda_graph=true) ;;
   joblib) fast=(hydra/launcher=joblib hydra.launcher.n_jobs=5 trainer.compile=true
                 trainer.compile_mode=reduce-overhead optimizer.fused=true) ;;
   *) echo "error: LAUNCHER must be threads or joblib (got ${LAUNCHER})" >&2; exit 2 ;;

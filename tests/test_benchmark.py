@@ -20,11 +20,13 @@ def test_benchmark_writes_the_documented_report(tmp_path):
     for model in ("srcnn", "edsr"):
         row = report["training"][model]
         assert row["loop_samples_per_s"] > 0 and row["ceiling_samples_per_s"] > 0
+        assert row["loop_cuda_graph_samples_per_s"] > 0  # the trainer.cuda_graph step (uncaptured on a CPU)
         assert row["memory_format"] in ("nchw", "channels_last")
     assert report["inference"] == {"skipped": f"no Set14 at {tmp_path / 'none' / 'Set14'}"}
     assert "data path:" in result.stdout and "training (samples/s):" in result.stdout
     table = result.stdout[result.stdout.index("| measurement |"):]  # the closing summary table
     assert "| data path (samples/s) |" in table and "| training edsr (samples/s) |" in table
+    assert "; cuda_graph loop " in table
     assert f"| Set14 whole images | skipped: no Set14 at {tmp_path / 'none' / 'Set14'} |" in table
 
 

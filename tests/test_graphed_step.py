@@ -1,0 +1,111 @@
+"""trainer.cuda_graph's mechanics on the CPU: static buffers, warm-up, eager odd batches, the tensor learning rate
+and checkpoints that resume with or without graphs. The capture itself needs CUDA (scripts/cuda_check.sh)."""
+
+import pytest
+import torch
+
+from deblur_exp.checkpoint import load_checkpoint
+from deblur_exp.config import check_config
+from deblur_exp.errors import DeblurError
+from deblur_exp.graphed_step import WARMUP_STEPS, GraphedStep, portable_optimizer_state, use_tensor_lr
+from deblur_exp.runtime import TrainingInterrupted
+from deblur_exp.training import train
+from tests.conftest import TINY, interrupt_after_epoch
+
+# deblurcnn with dropout (the run's own generator), cosine (the rate changes every step), an odd last batch
+GRAPHED = [*TINY, "model=deblurcnn", "trainer.dropout=0.2", "trainer.epochs=3", "trainer.limit_train_batches=null",
+           "data.stride=32", "trainer.batch_size=7", "scheduler=cosine"]
+
+
+def same_weights(run_a, run_b) -> bool:
+    a = load_checkpoint(run_a / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(run_b / "checkpoints" / "last.pt")["model"]
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_full_batches_go_through_the_static_buffers_after_the_warm_up():
+    seen = []
+
+    def step(degraded, sharp):
+        seen.append(degraded.data_ptr())
+        return (degraded - sharp).abs().mean()
+
+    graphed = GraphedStep(step, torch.device("cpu"), batch_size=4)
+    odd = torch.rand(2, 3, 8, 8)
+    graphed(odd, odd)  # e.g. a run resumed just before an epoch's last batch: not a full one
+    full = [torch.rand(4, 3, 8, 8) for _ in range(WARMUP_STEPS + 3)]
+    losses = [graphed(x, x * 0.5) for x in full]
+    graphed(odd, odd)
+
+    assert seen[0] == odd.data_ptr() and graphed.shape == (4, 3, 8, 8)
+    seen = seen[1:]
+    assert seen[:WARMUP_STEPS] == [x.data_ptr() for x in full[:WARMUP_STEPS]]  # eager warm-up on the batch itself
+    static = graphed.inputs[0].data_ptr()
+    assert seen[WARMUP_STEPS:-1] == [static] * 3 and static not in [x.data_ptr() for x in full]
+    assert seen[-1] == odd.data_ptr()  # another shape: eager, the static buffers untouched
+    for x, loss in zip(full, losses):  # every batch's own loss, though the buffers are reused
+        assert float(loss) == pytest.approx(float((x * 0.5).abs().mean()))
+
+
+def test_no_capture_while_another_job_of_the_process_sets_up():
+    from deblur_exp.runtime import SETUP_LOCK
+
+    graphed = GraphedStep(lambda degraded, sharp: degraded.sum(), torch.device("cpu"), batch_size=2)
+    batches = [torch.rand(2, 3, 4, 4) for _ in range(WARMUP_STEPS + 2)]
+    with SETUP_LOCK:  # a threaded sweep's other job, preparing its data
+        for x in batches[:WARMUP_STEPS + 1]:
+            assert float(graphed(x, x)) == pytest.approx(float(x.sum()))
+        assert graphed.inputs is None  # not captured: that batch ran eagerly
+    graphed(batches[-1], batches[-1])
+    assert graphed.inputs is not None and torch.equal(graphed.inputs[0], batches[-1])
+
+
+def test_the_cuda_graph_path_trains_bitwise_like_the_eager_one(make_cfg, tmp_path):
+    eager, graphed = tmp_path / "eager", tmp_path / "graphed"
+    train(make_cfg(GRAPHED, eager))
+    train(make_cfg([*GRAPHED, "trainer.cuda_graph=true"], graphed))
+    assert same_weights(eager, graphed)
+    assert "trainer.cuda_graph on cpu: nothing to capture" in (graphed / "train.log").read_text()
+    group = load_checkpoint(graphed / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]
+    assert isinstance(group["lr"], float) and group["capturable"] is False  # loadable by any run
+
+
+@pytest.mark.parametrize("first, then", [("true", "false"), ("false", "true")])
+def test_a_run_resumes_with_or_without_graphs_like_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch, first,
+                                                                         then):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(make_cfg(GRAPHED, whole))
+    interrupt_after_epoch(monkeypatch, 1)
+    with pytest.raises(TrainingInterrupted):
+        train(make_cfg([*GRAPHED, f"trainer.cuda_graph={first}"], split))
+    train(make_cfg([*GRAPHED, f"trainer.cuda_graph={then}", f"resume={split}"], tmp_path / "ignored"))
+    assert same_weights(whole, split)
+
+
+def test_schedulers_change_the_tensor_learning_rate_in_place():
+    # a captured step reads the rate from the tensor's address: a scheduler that assigned a new float instead
+    # would leave the graph training at the old rate
+    from deblur_exp.schedules import WarmupCosine
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([weight], lr=1e-3)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
+    cosine = WarmupCosine(optimizer, warmup=0.0, eta_min=0.0)
+    use_tensor_lr(optimizer, torch.device("cpu"))
+    lr = optimizer.param_groups[0]["lr"]
+    cosine.set_progress(0.5)
+    assert optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(5e-4)
+    for loss in (1.0, 2.0, 3.0):
+        plateau.step(loss)
+    assert optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(1.25e-4)  # halved twice
+    assert portable_optimizer_state(optimizer)["param_groups"][0]["lr"] == pytest.approx(1.25e-4)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.compile=true", "trainer.compile: must be false with trainer.cuda_graph=true"),
+    ("trainer.precision=fp16", "trainer.precision: cannot be fp16 with trainer.cuda_graph=true"),
+    ("optimizer=sgd", "optimizer._target_: cannot step inside a CUDA graph .* use optimizer=adam"),
+])
+def test_what_a_graph_cannot_hold_is_refused_by_name(make_cfg, override, message):
+    with pytest.raises(DeblurError, match=message):
+        check_config(make_cfg([override, "trainer.cuda_graph=true"]))
