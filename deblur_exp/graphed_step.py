@@ -1,5 +1,6 @@
 """One training step (forward, loss, backward, optimizer step) as a callable, and ``trainer.cuda_graph``: that step
-recorded once as a CUDA graph and replayed for every full batch.
+recorded once as a CUDA graph and replayed for every full batch. (For torch.compile's own CUDA graphs,
+``autotune_then_freeze`` lets cuDNN autotune before they are recorded.)
 
 Why graphs: a batch of 30 patches of 35x35 keeps each kernel busy for microseconds, so an eager step is bound by
 the CPU launching its few hundred kernels, not by the GPU (dncnn alone: 5,400 samples/s on an H200,
@@ -53,6 +54,25 @@ def eager_step(model, optimizer, loss_fn, numerics) -> Step:
         return loss.detach()
 
     return step
+
+
+def autotune_then_freeze(step: Step) -> Step:
+    """For torch.compile's own CUDA graphs (compile_mode reduce-overhead or max-autotune): cuDNN's autotuner times its
+    kernels during the first step, which CUDA Graph Trees run without recording, and is then switched off, so that
+    the recording in the next step finds the tuned kernels in cuDNN's cache. Autotuning inside a recording fails
+    ("FIND was unable to find an engine", seen on the H200 in epoch 2), which is why the autotuner used to be off
+    for these modes from the start; issue 10 suspects that for dncnn's slow epochs in the compiled sweep."""
+    steps = 0
+
+    def step_then_freeze(degraded: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+        nonlocal steps
+        loss = step(degraded, sharp)
+        steps += 1
+        if steps == 1:
+            torch.backends.cudnn.benchmark = False
+        return loss
+
+    return step_then_freeze
 
 
 class GraphedStep:

@@ -29,7 +29,8 @@ from deblur_exp.config import check_config, parse_duration
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import bar_off, evaluate_run
-from deblur_exp.graphed_step import GraphedStep, Step, eager_step, portable_optimizer_state, use_tensor_lr
+from deblur_exp.graphed_step import (GraphedStep, Step, autotune_then_freeze, eager_step, portable_optimizer_state,
+                                     use_tensor_lr)
 from deblur_exp.losses import LOSSES
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
@@ -161,9 +162,6 @@ def set_up_runtime(t: DictConfig) -> tuple[torch.device, Numerics]:
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     seed_everything(t.seed, t.deterministic)
-    if t.compile and t.compile_mode != "default":
-        # cuDNN's autotuner cannot run inside CUDA-graph capture ("FIND was unable to find an engine").
-        torch.backends.cudnn.benchmark = False
     # null -> channels_last: faster for all five models on the 2-core CPU (up to 1.2x), and on the H200 the best
     # format for three of five, within 4% for the others (results/*.json). true/false force a format.
     channels_last = t.channels_last if t.channels_last is not None else True
@@ -287,8 +285,11 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
 
 def training_step(cfg: DictConfig, parts: Parts, numerics: Numerics) -> Step:
     """The step every full batch goes through: eager, or under trainer.cuda_graph replayed from a CUDA graph."""
+    t = cfg.trainer
     step = eager_step(parts.forward_model, parts.optimizer, parts.loss_fn, numerics)
-    if not cfg.trainer.cuda_graph:
+    if t.compile and t.compile_mode != "default" and torch.backends.cudnn.benchmark:  # compiled CUDA graphs
+        return autotune_then_freeze(step)
+    if not t.cuda_graph:
         return step
     if numerics.dist.world > 1:
         raise DeblurError("trainer.cuda_graph: not with torchrun (DDP synchronises gradients outside the graph); "
@@ -298,7 +299,7 @@ def training_step(cfg: DictConfig, parts: Parts, numerics: Numerics) -> Step:
     if device.type != "cuda":
         log.info("trainer.cuda_graph on %s: nothing to capture; the steps run uncaptured through the same path",
                  device.type)
-    return GraphedStep(step, device, cfg.trainer.batch_size, parts.dropout_rng)
+    return GraphedStep(step, device, t.batch_size, parts.dropout_rng)
 
 
 def train_epoch(model, step: Step, train_set: PatchTensors, step_with: Numerics, schedule: EpochPlan, epoch: int,

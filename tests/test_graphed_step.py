@@ -109,3 +109,14 @@ def test_schedulers_change_the_tensor_learning_rate_in_place():
 def test_what_a_graph_cannot_hold_is_refused_by_name(make_cfg, override, message):
     with pytest.raises(DeblurError, match=message):
         check_config(make_cfg([override, "trainer.cuda_graph=true"]))
+
+
+def test_compiled_cuda_graphs_get_the_autotuned_kernels_of_the_first_step(monkeypatch):
+    from deblur_exp.graphed_step import autotune_then_freeze
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    during = []
+    step = autotune_then_freeze(lambda degraded, sharp: during.append(torch.backends.cudnn.benchmark) or degraded)
+    for _ in range(3):
+        step(torch.zeros(1), torch.zeros(1))
+    assert during == [True, False, False] and torch.backends.cudnn.benchmark is False

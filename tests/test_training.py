@@ -218,10 +218,13 @@ def test_fused_adam_trains_on_cpu_like_the_plain_one(make_cfg, tmp_path):
     assert train(fused_cfg) == pytest.approx(plain, abs=1e-3)
 
 
-def test_reduce_overhead_compile_mode_trains_on_cpu(make_cfg):
+def test_reduce_overhead_compile_mode_trains_on_cpu(make_cfg, monkeypatch):
     """The sweep's GPU setting (CUDA graphs) must not break a CPU run: Inductor compiles without graphs there."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored afterwards
     assert train(make_cfg([*TINY, "model=srcnn", "trainer.compile=true", "trainer.compile_mode=reduce-overhead",
                            "trainer.epochs=1"])) > 0
+    # cuDNN autotuned the first step only, before any graph is recorded (graphed_step.autotune_then_freeze)
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_patches_that_do_not_fit_the_gpu_stay_in_host_memory(monkeypatch):
