@@ -19,9 +19,9 @@ carry=$(realpath -m "${CARRY:-.whl}")
 if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; exec > >(tee -a "$OUT/lease.log") 2>&1; fi
 python=$(command -v python3 || command -v python)
 
-if ! "$python" -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher" 2>/dev/null; then
+if ! "$python" -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher, pytest" 2>/dev/null; then
   "$python" -m pip install --quiet --no-index --find-links "$carry/wheels" \
-    hydra-core omegaconf antlr4-python3-runtime hydra-joblib-launcher \
+    hydra-core omegaconf antlr4-python3-runtime hydra-joblib-launcher pytest \
     || { echo "gpu_lease: installing the carried wheels failed" >&2; exit 1; }
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

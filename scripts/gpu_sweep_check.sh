@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 10 on a lent GPU: the five-model experiment=seed sweep at full length, timed from the command to its
-# summary.md (phase "fast"), and its first PLAIN_EPOCHS epochs held against a plain sweep: fp32, eager, one process
-# per job (phase "plain", scripts/compare_sweeps.py, the 0.1 dB rule). Writes into OUT: timing.txt, fast.log,
-# summary_fast.md or (a sweep stopped at FAST_LIMIT) progress_fast.md, plain.log, compare.md, and sweeps.tar.gz
-# (both sweeps' logs, metrics and summaries; no checkpoints).
+# summary.md (phase "fast"; with the threads launcher it first checks, in seconds, that trainer.cuda_graph's
+# replays follow eager steps on this device), and its first PLAIN_EPOCHS epochs held against a plain sweep: fp32,
+# eager, one process per job (phase "plain", scripts/compare_sweeps.py, the 0.1 dB rule). Writes into OUT:
+# timing.txt, graph_check.log, fast.log, summary_fast.md or (a sweep stopped at FAST_LIMIT) progress_fast.md,
+# plain.log, compare.md, and sweeps.tar.gz (both sweeps' logs, metrics and summaries; no checkpoints).
 #
 #   bash scripts/gpu_sweep_check.sh OUT                   (through scripts/gpu_lease.sh; both phases, one call)
 #   PHASES=fast ... then PHASES=plain ...                 (two calls on the warm machine: each fits a 600 s call)
@@ -36,6 +37,11 @@ export PYTHONUNBUFFERED=1
 status=0
 
 if [[ " $phases " == *" fast "* ]]; then
+  if [ "${LAUNCHER:-threads}" = threads ]; then  # seconds: does the capture itself hold on this device?
+    if python -m pytest -q -p no:cacheprovider tests/test_graphed_step.py -k this_machines > "$out/graph_check.log" 2>&1
+    then echo "cuda_graph check: graphed steps follow eager ones (deblurcnn, dncnn)"
+    else echo "cuda_graph check: FAILED, see graph_check.log (the sweep runs anyway)"; fi | tee -a "$out/timing.txt"
+  fi
   rm -rf "$sweeps/fast"
   started=$(date +%s.%N)
   # timeout signals the whole process group, so the joblib workers stop (and checkpoint) too

@@ -7,7 +7,8 @@ import torch
 from deblur_exp.checkpoint import load_checkpoint
 from deblur_exp.config import check_config
 from deblur_exp.errors import DeblurError
-from deblur_exp.graphed_step import WARMUP_STEPS, GraphedStep, portable_optimizer_state, use_tensor_lr
+from deblur_exp.graphed_step import (WARMUP_STEPS, GraphedStep, eager_step, portable_optimizer_state,
+                                     use_tensor_lr)
 from deblur_exp.runtime import TrainingInterrupted
 from deblur_exp.training import train
 from tests.conftest import TINY, interrupt_after_epoch
@@ -120,3 +121,48 @@ def test_compiled_cuda_graphs_get_the_autotuned_kernels_of_the_first_step(monkey
     for _ in range(3):
         step(torch.zeros(1), torch.zeros(1))
     assert during == [True, False, False] and torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("model_name", ["deblurcnn", "dncnn"])  # dropout from the run's generator; batch norm
+def test_graphed_steps_follow_eager_steps_on_this_machines_device(model_name):
+    """On a CUDA machine (scripts/gpu_sweep_check.sh runs this first) the capture itself: replays must see each new
+    batch, the learning rate the schedule sets and fresh dropout masks. On a CPU the uncaptured path, bitwise."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from deblur_exp.models import build_model
+    from deblur_exp.models.layers import draw_dropout_from
+    from deblur_exp.training import Numerics
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def train_steps(graphed: bool) -> dict:
+        torch.manual_seed(0)
+        model = build_model(model_name).to(device).train()
+        masks = torch.Generator(device).manual_seed(1)
+        draw_dropout_from(model, masks)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        numerics = Numerics(contextlib.nullcontext, torch.amp.GradScaler(device.type, enabled=False), False)
+        step = eager_step(model, optimizer, F.mse_loss, numerics)
+        if graphed:
+            use_tensor_lr(optimizer, device)
+            step = GraphedStep(step, device, batch_size=4, dropout_rng=masks)
+        data = torch.Generator().manual_seed(2)
+        for index in range(10):
+            lr = 0.0 if index % 3 == 2 else 1e-3 * (index + 1)  # a graph stuck at its capture-time rate shows
+            if graphed:
+                optimizer.param_groups[0]["lr"].fill_(lr)  # in place, as the schedulers do (schedules.py)
+            else:
+                optimizer.param_groups[0]["lr"] = lr
+            size = 3 if index == 6 else 4  # one odd batch, eager in the graphed run
+            sharp = torch.rand(size, 3, 16, 16, generator=data).to(device)
+            step(sharp * 0.8, sharp)
+        return model.state_dict()
+
+    eager, graphed = train_steps(False), train_steps(True)
+    if device.type == "cpu":
+        assert all(torch.equal(eager[k], graphed[k]) for k in eager)
+    else:  # cuDNN may pick other kernels inside a graph: float rounding, not a different trajectory
+        for key in eager:
+            torch.testing.assert_close(graphed[key], eager[key], rtol=1e-3, atol=1e-4, msg=key)

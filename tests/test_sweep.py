@@ -503,6 +503,7 @@ def test_gpu_sweep_check_times_the_sweep_and_holds_it_to_a_plain_one(tmp_path):
     timing = (out / "timing.txt").read_text()
     assert "fast sweep: exit status 0, " in timing and " s wall from the command to summary.md" in timing
     assert "hydra/launcher=threads" in timing and "trainer.cuda_graph=true" in timing and "plain check" not in timing
+    assert "cuda_graph check: graphed steps follow eager ones" in timing  # on this CPU: the uncaptured path
     assert "| 1_model=deblurcnn | ok | deblurcnn |" in (out / "summary_fast.md").read_text()
     assert "| 0_model=srcnn | 3 |" in (out / "progress_fast.md").read_text()
 
