@@ -284,7 +284,8 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
 
 
 def training_step(cfg: DictConfig, parts: Parts, numerics: Numerics) -> Step:
-    """The step every full batch goes through: eager, or under trainer.cuda_graph replayed from a CUDA graph."""
+    """The step every batch goes through: eager; under trainer.cuda_graph replayed from a CUDA graph; under
+    torch.compile's graph modes with cuDNN autotuned before the recording."""
     t = cfg.trainer
     step = eager_step(parts.forward_model, parts.optimizer, parts.loss_fn, numerics)
     if t.compile and t.compile_mode != "default" and torch.backends.cudnn.benchmark:  # compiled CUDA graphs
@@ -305,8 +306,8 @@ def training_step(cfg: DictConfig, parts: Parts, numerics: Numerics) -> Step:
 def train_epoch(model, step: Step, train_set: PatchTensors, step_with: Numerics, schedule: EpochPlan, epoch: int,
                 generator: torch.Generator, stop: StopFlag | None = None, partial: dict | None = None,
                 budget: TimeBudget | None = None, on_step=None):
-    """One pass over the shuffled training patches through ``step``; ``on_step(step, total)`` runs before each
-    optimizer step.
+    """One pass over the shuffled training patches through ``step``; ``on_step(index, total)`` runs before each
+    step.
 
     Returns (mean loss per sample, samples seen, None), or, when ``stop`` is raised mid-epoch,
     (None, samples seen, progress) where progress lets a later call (``partial=progress``) finish this epoch
