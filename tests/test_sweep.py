@@ -368,9 +368,11 @@ def test_threads_launcher_runs_the_jobs_side_by_side_as_separate_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path):
+@pytest.mark.parametrize("graphs", [[], ["trainer.cuda_graph=true"]], ids=["eager", "cuda_graph"])
+def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path, graphs):
     """SIGTERM to a threads sweep: every job finishes its step, saves last.pt and the process exits 143; the same
-    command with resume=auto continues both, ending with the weights of a sweep that never stopped."""
+    command with resume=auto continues both, ending with the weights of a sweep that never stopped (an eager one
+    run job after job, also for the cuda_graph path, which is uncaptured on a CPU)."""
     import signal
     import sys
     import time
@@ -381,7 +383,7 @@ def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path
     sweep = tmp_path / "sweep"
     jobs = JOBS
     command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=threads",
-               PAIR, *steady, f"hydra.sweep.dir={sweep}"]
+               PAIR, *steady, *graphs, f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -397,7 +399,7 @@ def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path
     for job in jobs:
         assert (sweep / job / "checkpoints" / "last.pt").is_file() and not (sweep / job / "summary.json").exists()
 
-    resumed = run_script("train.py", "-m", "hydra/launcher=threads", PAIR, *steady,
+    resumed = run_script("train.py", "-m", "hydra/launcher=threads", PAIR, *steady, *graphs,
                          f"hydra.sweep.dir={sweep}", "resume=auto", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("resumed from") == 2
