@@ -9,7 +9,9 @@ there) but buys nothing: the jobs share the process's one pool of torch threads.
 Each job is prepared in the main thread exactly as Hydra's own launchers do it (its folder, ``.hydra/``, its
 config with every ``${hydra:...}`` resolved while Hydra's global state is this job's), then all run at once.
 SIGINT/SIGTERM stop every job after its step in flight, each saves ``last.pt``, and the process exits 130/143;
-``resume=auto`` continues the sweep. ``trainer.compile=true`` is refused: torch.compile is not thread-safe. It lives under ``hydra_plugins`` because Hydra loads launchers only from there.
+``resume=auto`` continues the sweep. ``trainer.compile=true`` is refused: torch.compile is not thread-safe;
+``trainer.cuda_graph=true`` gives the jobs CUDA graphs instead. It lives under ``hydra_plugins`` because Hydra loads
+launchers only from there.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ class ThreadsLauncher(Launcher):
             from deblur_exp.errors import DeblurError
 
             raise DeblurError("trainer.compile: hydra/launcher=threads runs the jobs in threads, and torch.compile is "
-                              "not thread-safe (pytorch/pytorch#118260); set trainer.compile=false, or use "
-                              "hydra/launcher=joblib for compiled jobs")
+                              "not thread-safe (pytorch/pytorch#118260); set trainer.compile=false (CUDA graphs: "
+                              "trainer.cuda_graph=true), or use hydra/launcher=joblib for compiled jobs")
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         jobs = [self._prepare(config) for config in configs]
         runnable = [job for job in jobs if job.cfg is not None]
