@@ -62,14 +62,10 @@ def autotune_then_freeze(step: Step) -> Step:
     the recording in the next step finds the tuned kernels in cuDNN's cache. Autotuning inside a recording fails
     ("FIND was unable to find an engine", seen on the H200 in epoch 2), which is why the autotuner used to be off
     for these modes from the start; issue 10 suspects that for dncnn's slow epochs in the compiled sweep."""
-    steps = 0
 
     def step_then_freeze(degraded: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
-        nonlocal steps
         loss = step(degraded, sharp)
-        steps += 1
-        if steps == 1:
-            torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.benchmark = False  # after the first step; a no-op after the others
         return loss
 
     return step_then_freeze
@@ -161,6 +157,13 @@ class GraphedStep:
             torch.backends.cudnn.benchmark = autotune
 
 
+def graphed(step: Step, optimizer, device: torch.device, batch_size: int,
+            dropout_rng: torch.Generator | None = None) -> GraphedStep:
+    """``step`` as a GraphedStep, with ``optimizer`` made ready for the capture (``use_tensor_lr``)."""
+    use_tensor_lr(optimizer, device)
+    return GraphedStep(step, device, batch_size, dropout_rng)
+
+
 def use_tensor_lr(optimizer, device: torch.device) -> None:
     """Ready ``optimizer`` for capture: capturable mode on CUDA (CPUs have none) with its step counts on the device,
     and each group's learning rate a 0-d tensor there that schedulers change in place. Idempotent; call it again
@@ -183,7 +186,8 @@ def portable_optimizer_state(optimizer) -> dict:
     """``optimizer.state_dict()`` with float learning rates and capturable off: what any run, with or without
     graphs, on any device, can load (``use_tensor_lr`` turns them back on after loading)."""
     state = optimizer.state_dict()
-    state["param_groups"] = [{**group, "lr": float(group["lr"]), **({"capturable": False} if "capturable" in group
-                                                                    else {})}
-                             for group in state["param_groups"]]
+    state["param_groups"] = [dict(group, lr=float(group["lr"])) for group in state["param_groups"]]
+    for group in state["param_groups"]:
+        if "capturable" in group:
+            group["capturable"] = False
     return state

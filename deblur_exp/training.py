@@ -29,8 +29,7 @@ from deblur_exp.config import check_config, parse_duration
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import bar_off, evaluate_run
-from deblur_exp.graphed_step import (GraphedStep, Step, autotune_then_freeze, eager_step, portable_optimizer_state,
-                                     use_tensor_lr)
+from deblur_exp.graphed_step import Step, autotune_then_freeze, eager_step, graphed, portable_optimizer_state
 from deblur_exp.losses import LOSSES
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
@@ -296,11 +295,11 @@ def training_step(cfg: DictConfig, parts: Parts, numerics: Numerics) -> Step:
         raise DeblurError("trainer.cuda_graph: not with torchrun (DDP synchronises gradients outside the graph); "
                           "set trainer.cuda_graph=false")
     device = next(parts.model.parameters()).device
-    use_tensor_lr(parts.optimizer, device)  # after resume_progress: loading a checkpoint resets the groups
     if device.type != "cuda":
         log.info("trainer.cuda_graph on %s: nothing to capture; the steps run uncaptured through the same path",
                  device.type)
-    return GraphedStep(step, device, t.batch_size, parts.dropout_rng)
+    # after resume_progress: loading a checkpoint resets the optimizer's groups, which graphed() readies again
+    return graphed(step, parts.optimizer, device, t.batch_size, parts.dropout_rng)
 
 
 def train_epoch(model, step: Step, train_set: PatchTensors, step_with: Numerics, schedule: EpochPlan, epoch: int,

@@ -42,7 +42,7 @@ from deblur_exp.jobs import collect, metrics_rows
 from deblur_exp.tables import markdown_table, write_json
 from deblur_exp.runtime import PRECISIONS, autocast_for, resolve_device
 from deblur_exp.batches import PatchTensors
-from deblur_exp.graphed_step import GraphedStep, eager_step, use_tensor_lr
+from deblur_exp.graphed_step import eager_step, graphed
 from deblur_exp.training import EpochPlan, Numerics, train_epoch
 
 SEED_MODELS = ["deblurcnn", "deblurcnn_res", "deblursuperrescnn", "dncnn", "edsr"]
@@ -126,8 +126,7 @@ def loop_samples_per_s(name, device, steps, batch_size, channels_last, precision
     numerics = Numerics(autocast, scaler, channels_last)
     step = eager_step(model, optimizer, F.mse_loss, numerics)
     if cuda_graph:
-        use_tensor_lr(optimizer, device)
-        step = GraphedStep(step, device, batch_size)
+        step = graphed(step, optimizer, device, batch_size)
 
     def run(limit):
         plan = EpochPlan(batch_size, epochs=1, limit_batches=limit, progress=False)
