@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run COMMAND on a lent GPU machine after setting it up from the carried .whl/ (scripts/gpu_carry.sh made it):
-# installs the carried wheels that are missing (offline), imports the project from this checkout, reads the
-# carried datasets, and, with MPS=1, starts CUDA MPS so that the parallel jobs of a sweep run their kernels side
-# by side instead of time-slicing the GPU (kept only if a CUDA probe passes under it; the log says which).
+# installs the carried wheels that are missing (offline, into /tmp/lease-site), imports the project from this
+# checkout, reads the carried datasets, and, with MPS=1, starts CUDA MPS so that the parallel jobs of a sweep run
+# their kernels side by side instead of time-slicing the GPU (kept only if a CUDA probe passes under it; the log
+# says which).
 #
 #   device run, carry=[".whl"]:
 #     bash scripts/gpu_lease.sh bash scripts/cuda_check.sh "$OUT/cuda_check"
@@ -19,10 +20,20 @@ carry=$(realpath -m "${CARRY:-.whl}")
 if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; exec > >(tee -a "$OUT/lease.log") 2>&1; fi
 python=$(command -v python3 || command -v python)
 
-if ! "$python" -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher, pytest" 2>/dev/null; then
-  "$python" -m pip install --quiet --no-index --find-links "$carry/wheels" \
-    hydra-core omegaconf antlr4-python3-runtime hydra-joblib-launcher pytest \
-    || { echo "gpu_lease: installing the carried wheels failed" >&2; exit 1; }
+# The carried wheels go into a folder of their own, not into the image's environment (which may be read-only),
+# and without their needs: the image has PyYAML, packaging and the rest. pytest's family only if the image lacks
+# pytest, so that its own pytest plugins keep the pytest they were built for.
+site=${LEASE_SITE:-/tmp/lease-site}  # LEASE_SITE: where the carried wheels go (tests use a tmp folder)
+hydra_wheels=("$carry"/wheels/{hydra_core,omegaconf,antlr4_python3_runtime,hydra_joblib_launcher}-*.whl)
+install=()
+"$python" -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher" 2>/dev/null || install+=("${hydra_wheels[@]}")
+if ! "$python" -c "import pytest" 2>/dev/null; then
+  for wheel in "$carry"/wheels/*.whl; do [[ " ${hydra_wheels[*]} " == *" $wheel "* ]] || install+=("$wheel"); done
+fi
+if [ ${#install[@]} -gt 0 ]; then
+  "$python" -m pip install --quiet --no-index --no-deps --no-compile --target "$site" "${install[@]}" \
+    || { echo "gpu_lease: installing the carried wheels from $carry/wheels failed" >&2; exit 1; }
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -d "$carry/datasets" ] && export DEBLUR_DATA_DIR="$carry/datasets"

@@ -331,6 +331,51 @@ def test_gpu_lease_script_sets_up_from_the_carried_folder(tmp_path):
     assert missing.returncode == 2 and "run scripts/gpu_carry.sh here and carry it" in missing.stderr
 
 
+
+def fake_wheel(folder, dist, package):
+    """A minimal pure-Python wheel whose package records which wheel it came from."""
+    import zipfile
+
+    info = f"{dist}-1.0.dist-info"
+    files = {f"{package}/__init__.py": f"CARRIED = {dist!r}\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(folder / f"{dist}-1.0-py3-none-any.whl", "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+
+
+def test_gpu_lease_script_installs_the_carried_hydra_beside_the_image(tmp_path):
+    """On a machine without Hydra (the GPU image), gpu_lease.sh installs the four carried Hydra wheels into a folder
+    of its own and puts it on the command's path; the image's pytest is kept, so pytest's carried family stays out."""
+    import sys
+
+    carry, blocked = tmp_path / "carry", tmp_path / "blocked"
+    (carry / "wheels").mkdir(parents=True)
+    for dist, package in [("hydra_core", "hydra"), ("omegaconf", "omegaconf"), ("antlr4_python3_runtime", "antlr4"),
+                          ("hydra_joblib_launcher", "hydra_plugins/hydra_joblib_launcher"),
+                          ("iniconfig", "iniconfig")]:  # the last stands for pytest's family
+        fake_wheel(carry / "wheels", dist, package)
+    (blocked / "hydra").mkdir(parents=True)  # this machine's Hydra made unimportable, as on the GPU image
+    (blocked / "hydra" / "__init__.py").write_text("raise ImportError('no Hydra on this machine')\n")
+    env = {**os.environ, "CARRY": str(carry), "LEASE_SITE": str(tmp_path / "site"), "PYTHONPATH": str(blocked),
+           "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}
+    probe = ("import hydra, omegaconf, antlr4, hydra_plugins.hydra_joblib_launcher as launcher, pytest, iniconfig; "
+             "print(hydra.CARRIED, omegaconf.CARRIED, antlr4.CARRIED, launcher.CARRIED, iniconfig.__file__)")
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_lease.sh"), "python", "-c", probe], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    carried, iniconfig_file = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert carried == "hydra_core omegaconf antlr4_python3_runtime hydra_joblib_launcher"
+    assert not iniconfig_file.startswith(str(tmp_path))
+
+    (carry / "wheels" / "omegaconf-1.0-py3-none-any.whl").write_bytes(b"not a wheel")
+    broken = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_lease.sh"), "true"],
+                            env={**env, "LEASE_SITE": str(tmp_path / "site2")}, capture_output=True, text=True,
+                            timeout=120)
+    assert broken.returncode == 1 and "installing the carried wheels from" in broken.stderr
+
 # Both models with the seed's dropout: each job draws its masks from its own generator (models/layers.py), so the
 # jobs sharing a process still end with the weights they reach alone.
 THREADED = [*TINY, "trainer.deterministic=true", "eval.enabled=false", "trainer.dropout=0.2"]
