@@ -18,8 +18,9 @@ A batch of another shape (an epoch's last) runs eagerly too. Checkpoints hold pl
 What a graph needs from the optimizer: ``capturable`` mode (its step count lives on the GPU) and the learning rate
 as a tensor that schedulers update in place (``fill_``), since a captured kernel reads its arguments from fixed
 addresses; ``use_tensor_lr`` sets both up. No gradient scaler (fp16) and no torchrun: config.py and training.py
-refuse those, and optimizers without capturable mode. Captures in one process take turns with each other and with
-jobs setting up (``runtime.SETUP_LOCK``).
+refuse those, and optimizers without capturable mode. Captures and warm-ups in one process take turns with each
+other and with jobs setting up (``runtime.SETUP_LOCK``): a capture turns cuDNN's autotuner off process-wide, and
+a warm-up must not cache untuned kernels meanwhile.
 
 On a CPU there is nothing to capture: the same path (static buffers, warm-up, eager odd batches, tensor learning
 rate) runs uncaptured, which is what the CPU tests check. The capture itself runs on CUDA only.
@@ -93,7 +94,10 @@ class GraphedStep:
             return self.step(degraded, sharp)
         if self.inputs is None and self.eager_steps < WARMUP_STEPS:
             self.eager_steps += 1
-            return self._on_own_stream(degraded, sharp)
+            # cuDNN tunes these steps' kernels and caches its choice for good: not while another job of the
+            # process captures with the autotuner off, which would cache untuned kernels for this job instead
+            with SETUP_LOCK:
+                return self._on_own_stream(degraded, sharp)
         if self.inputs is None and not self._capture(degraded, sharp):
             return self._on_own_stream(degraded, sharp)  # not now (or never): this batch eagerly
         self.inputs[0].copy_(degraded)

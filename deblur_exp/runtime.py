@@ -129,7 +129,8 @@ def autocast_for(precision: str, device: torch.device):
 
 # Jobs that share one process (hydra/launcher=threads) set up one at a time: the seed, the torch thread count and
 # the backend flags are process-wide, so one job's model initialisation must not interleave with another's. CUDA-graph
-# captures (graphed_step.py) take the same turns: they switch cuDNN's autotuner off, and torch allows one at a time.
+# captures (graphed_step.py) take the same turns: they switch cuDNN's autotuner off, and torch allows one at a time;
+# so do the warm-up steps before them, whose kernels cuDNN tunes then.
 SETUP_LOCK = threading.Lock()
 
 

@@ -53,12 +53,33 @@ def test_no_capture_while_another_job_of_the_process_sets_up():
 
     graphed = GraphedStep(lambda degraded, sharp: degraded.sum(), torch.device("cpu"), batch_size=2)
     batches = [torch.rand(2, 3, 4, 4) for _ in range(WARMUP_STEPS + 2)]
+    for x in batches[:WARMUP_STEPS]:
+        graphed(x, x)
     with SETUP_LOCK:  # a threaded sweep's other job, preparing its data
-        for x in batches[:WARMUP_STEPS + 1]:
-            assert float(graphed(x, x)) == pytest.approx(float(x.sum()))
+        x = batches[WARMUP_STEPS]
+        assert float(graphed(x, x)) == pytest.approx(float(x.sum()))
         assert graphed.inputs is None  # not captured: that batch ran eagerly
     graphed(batches[-1], batches[-1])
     assert graphed.inputs is not None and torch.equal(graphed.inputs[0], batches[-1])
+
+
+def test_warm_up_steps_wait_while_another_job_of_the_process_holds_the_setup_lock():
+    """Warm-up steps are where cuDNN tunes (and caches) its kernels: they must not run while another job captures
+    with the autotuner off, or while it sets process-wide flags."""
+    import threading
+
+    from deblur_exp.runtime import SETUP_LOCK
+
+    ran = []
+    graphed = GraphedStep(lambda degraded, sharp: ran.append(1) or degraded.sum(), torch.device("cpu"), batch_size=2)
+    x = torch.rand(2, 3, 4, 4)
+    with SETUP_LOCK:  # another job capturing
+        warm_up = threading.Thread(target=graphed, args=(x, x))
+        warm_up.start()
+        warm_up.join(timeout=0.5)
+        assert warm_up.is_alive() and ran == []
+    warm_up.join(timeout=10)
+    assert not warm_up.is_alive() and ran == [1]
 
 
 def test_the_cuda_graph_path_trains_bitwise_like_the_eager_one(make_cfg, tmp_path):
