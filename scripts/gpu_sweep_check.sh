@@ -2,12 +2,14 @@
 # Issue 10 on a lent GPU: the five-model experiment=seed sweep at full length, timed from the command to its
 # summary.md (phase "fast"; with the threads launcher it first checks, in seconds, that trainer.cuda_graph's
 # replays follow eager steps on this device), and its first PLAIN_EPOCHS epochs held against a plain sweep: fp32,
-# eager, one process per job (phase "plain", scripts/compare_sweeps.py, the 0.1 dB rule). Writes into OUT:
-# timing.txt, graph_check.log, fast.log, summary_fast.md or (a sweep stopped at FAST_LIMIT) progress_fast.md,
-# plain.log, compare.md, and sweeps.tar.gz (both sweeps' logs, metrics and summaries; no checkpoints).
+# eager, one process per job (phase "plain", scripts/compare_sweeps.py, the 0.1 dB rule); then Set14 evaluation
+# images/s on this device, torch SSIM vs scikit-image (phase "scoring", scripts/benchmark.py; issue 10's point 4).
+# Writes into OUT: timing.txt, graph_check.log, fast.log, summary_fast.md or (a sweep stopped at FAST_LIMIT)
+# progress_fast.md, plain.log, compare.md, scoring.json, and sweeps.tar.gz (both sweeps' logs, metrics and
+# summaries; no checkpoints).
 #
-#   bash scripts/gpu_sweep_check.sh OUT                   (through scripts/gpu_lease.sh; both phases, one call)
-#   PHASES=fast ... then PHASES=plain ...                 (two calls on the warm machine: each fits a 600 s call)
+#   bash scripts/gpu_sweep_check.sh OUT                   (through scripts/gpu_lease.sh; all phases, one call)
+#   PHASES=fast ... then PHASES='plain scoring' ...       (two calls on the warm machine: each fits a 600 s call)
 #   LAUNCHER=joblib MPS=1 ...                             (five processes, compiled, under CUDA MPS)
 #
 # LAUNCHER: threads (default; one process, a CUDA stream per job, each job's training step replayed from a CUDA
@@ -18,7 +20,7 @@
 # both sweeps (the CPU test passes tiny data and epochs here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { echo "usage: [PHASES='fast plain'] [LAUNCHER=threads|joblib] bash scripts/gpu_sweep_check.sh OUT [overrides...]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: [PHASES='fast plain scoring'] [LAUNCHER=threads|joblib] bash scripts/gpu_sweep_check.sh OUT [overrides...]" >&2; exit 2; }
 out=$(realpath -m "$1"); shift
 case ${LAUNCHER:-threads} in
   threads) fast=(hydra/launcher=threads optimizer.fused=true trainer.cuda_graph=true) ;;
@@ -26,7 +28,7 @@ case ${LAUNCHER:-threads} in
                 trainer.compile_mode=reduce-overhead optimizer.fused=true) ;;
   *) echo "error: LAUNCHER must be threads or joblib (got ${LAUNCHER})" >&2; exit 2 ;;
 esac
-phases=${PHASES:-fast plain}
+phases=${PHASES:-fast plain scoring}
 fast_limit=${FAST_LIMIT:-480}
 plain_epochs=${PLAIN_EPOCHS:-20}
 sweeps=$(realpath -m "${SWEEPS:-outputs/gpu_sweep_check}")
@@ -74,6 +76,22 @@ if [[ " $phases " == *" plain "* ]] && [ "$plain_epochs" -gt 0 ]; then
          --out "$out/compare.md" | grep "job within" | sed "s/^/plain check at epoch $plain_epochs: /" \
          | tee -a "$out/timing.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+if [[ " $phases " == *" scoring "* ]]; then  # whole-image evaluation as every job ends, with the heaviest model
+  python scripts/benchmark.py --skip data training patches inference large sweep --models dncnn \
+    --json "$out/scoring.json" > "$out/scoring.log" 2>&1 \
+    && python - "$out/scoring.json" <<'SCORING' | tee -a "$out/timing.txt"
+import json, sys
+report = json.load(open(sys.argv[1]))
+scoring, machine = report["scoring"], report["machine"]
+if "skipped" in scoring:
+    print(f"Set14 scoring: skipped ({scoring['skipped']})")
+else:
+    print(f"Set14 scoring ({machine['gpu'] or machine['device']}, dncnn, {scoring['images']} images): "
+          f"{scoring['images_per_s']:.2f} images/s with torch SSIM on {machine['device']} vs "
+          f"{scoring['skimage_images_per_s']:.2f} with scikit-image")
+SCORING
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "Set14 scoring: FAILED, see scoring.log" | tee -a "$out/timing.txt"; status=1; }
 fi
 tar -czf "$out/sweeps.tar.gz" --exclude=checkpoints -C "$sweeps" .
 exit $status

@@ -16,6 +16,9 @@ def test_benchmark_writes_the_documented_report(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
     assert report["machine"]["device"] == "cpu" and report["machine"]["torch"]
+    run = report["run"]  # what a figure quoted from the JSON needs: when, on which code, by which command
+    assert run["date"].startswith("20") and run["date"].endswith("Z")
+    assert run["commit"] and run["command"].startswith("python scripts/benchmark.py --models srcnn edsr --steps 1")
     assert report["data_path"]["project_samples_per_s"] > 0 and report["data_path"]["reference_samples_per_s"] > 0
     for model in ("srcnn", "edsr"):
         row = report["training"][model]
@@ -114,4 +117,6 @@ def test_scoring_section_times_torch_and_scikit_image_ssim(tmp_path):
     assert result.returncode == 0, result.stderr
     scoring = json.loads(report_path.read_text())["scoring"]
     assert scoring["images"] == 2 and scoring["images_per_s"] > 0 and scoring["skimage_images_per_s"] > 0
+    assert scoring["scoring_only_images_per_s"] > 0 and scoring["skimage_scoring_only_images_per_s"] > 0
     assert "| Set14 evaluation (degrade + restore + PSNR/SSIM) |" in result.stdout
+    assert "; PSNR/SSIM alone " in result.stdout

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from deblur_exp.config import REPO_ROOT, swept_job_name
 from deblur_exp.jobs import parallel_jobs
-from tests.conftest import TINY, run_script
+from tests.conftest import TINY, run_script, write_sharp_images
 
 FIVE = "deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr"
 QUICK = [*TINY, "trainer.epochs=1"]
@@ -554,9 +554,16 @@ def test_gpu_sweep_check_times_the_sweep_and_holds_it_to_a_plain_one(tmp_path):
     assert "| 1_model=deblurcnn | ok | deblurcnn |" in (out / "summary_fast.md").read_text()
     assert "| 0_model=srcnn | 3 |" in (out / "progress_fast.md").read_text()
 
-    plain = gpu_sweep_check(tmp_path, out, *tiny, PHASES="plain", PLAIN_EPOCHS="2")
+    data = tmp_path / "data"  # the sweeps train on data=sample; the scoring phase reads a tiny Set14 here
+    write_sharp_images(data / "Set14", names=("alpha", "beta"), size=(48, 64))
+    plain = gpu_sweep_check(tmp_path, out, *tiny, PHASES="plain scoring", PLAIN_EPOCHS="2", DEBLUR_DATA_DIR=str(data))
     assert plain.returncode == 0, plain.stdout + plain.stderr
-    assert "plain check at epoch 2: every job within 0.1 dB" in (out / "timing.txt").read_text()
+    timing = (out / "timing.txt").read_text()
+    assert "plain check at epoch 2: every job within 0.1 dB" in timing
+    scoring = json.loads((out / "scoring.json").read_text())["scoring"]
+    assert scoring["images"] == 2 and scoring["images_per_s"] > 0 and scoring["skimage_images_per_s"] > 0
+    assert (f"Set14 scoring (cpu, dncnn, 2 images): {scoring['images_per_s']:.2f} images/s with torch SSIM on cpu "
+            f"vs {scoring['skimage_images_per_s']:.2f} with scikit-image") in timing
     assert "| 0_model=srcnn | 2 |" in (out / "compare.md").read_text()
     with tarfile.open(out / "sweeps.tar.gz") as tar:
         names = tar.getnames()
