@@ -89,6 +89,20 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[
     return state
 
 
+# What a checkpoint keeps when only its weights matter (shipping, evaluation): the model and how it was trained.
+WEIGHTS_KEYS = ("arch", "model", "config", "epoch", "best_psnr")
+
+
+def weights_only(state: dict) -> dict:
+    """``state`` without what only resuming needs (optimizer, scheduler, scaler, RNG): a third of the size."""
+    return {key: state[key] for key in WEIGHTS_KEYS if key in state}
+
+
+def drop_training_state(path: str | Path) -> None:
+    """Rewrite a checkpoint as ``weights_only`` (atomically): e.g. a run's best.pt, which resuming never reads."""
+    save_checkpoint(path, weights_only(load_checkpoint(path)))
+
+
 def load_resume_state(run: RunDir, arch: str) -> dict:
     """last.pt, or previous.pt when last.pt is missing or damaged (a warning names it)."""
     for stale in run.checkpoints.glob(".*.tmp"):  # a write that a kill interrupted; never renamed into place

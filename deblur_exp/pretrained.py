@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from deblur_exp.checkpoint import load_checkpoint, save_checkpoint
+from deblur_exp.checkpoint import load_checkpoint, save_checkpoint, weights_only
 from deblur_exp.errors import DeblurError
 from deblur_exp.tables import write_json
 
@@ -61,8 +61,7 @@ def export(checkpoint: Path, name: str, trained: dict, scores: dict) -> dict:
     """
     state = load_checkpoint(checkpoint)
     path = FOLDER / f"{name}.pt"
-    save_checkpoint(path, {"arch": state["arch"], "model": state["model"], "config": state["config"],
-                           "epoch": state["epoch"], "best_psnr": state.get("best_psnr"), "trained": trained})
+    save_checkpoint(path, {**weights_only(state), "trained": trained})
     entry = {"file": path.name, "sha256": sha256(path), "arch": state["arch"], "bytes": path.stat().st_size,
              "trained": trained, "scores": scores}
     entries = manifest()

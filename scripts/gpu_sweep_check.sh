@@ -4,9 +4,10 @@
 # replays follow eager steps on this device), and its first PLAIN_EPOCHS epochs held against a plain sweep: fp32,
 # eager, one process per job (phase "plain", scripts/compare_sweeps.py, the 0.1 dB rule); then Set14 evaluation
 # images/s on this device, torch SSIM vs scikit-image (phase "scoring", scripts/benchmark.py; issue 10's point 4).
-# Writes into OUT: timing.txt, graph_check.log, fast.log, summary_fast.md or (a sweep stopped at FAST_LIMIT)
-# progress_fast.md, plain.log, compare.md, scoring.json, and sweeps.tar.gz (both sweeps' logs, metrics and
-# summaries; no checkpoints).
+# Writes into OUT: timing.txt, graph_check.log, fast.log, summary_fast.md and weights_fast.tar (every job's
+# best.pt, weights only) or, for a sweep stopped at FAST_LIMIT, progress_fast.md; plain.log, compare.md,
+# scoring.json, and sweeps.tar.gz (both sweeps' logs, metrics and summaries; no checkpoints). At most 7 files a
+# call, within the device tool's 8.
 #
 #   bash scripts/gpu_sweep_check.sh OUT                   (through scripts/gpu_lease.sh; all phases, one call)
 #   PHASES=fast ... then PHASES='plain scoring' ...       (two calls on the warm machine: each fits a 600 s call)
@@ -63,8 +64,20 @@ if [[ " $phases " == *" fast "* ]]; then
     echo "command: python scripts/train.py -m ${five[*]} ${fast[*]} $*"
     echo "fast sweep: $verdict"
   } | tee -a "$out/timing.txt"
-  cp "$sweeps/fast/summary.md" "$out/summary_fast.md" 2>/dev/null
-  python scripts/sweep_progress.py "$sweeps/fast" --out "$out/progress_fast.md" > /dev/null
+  if [ "$status" -eq 0 ]; then
+    cp "$sweeps/fast/summary.md" "$out/summary_fast.md"
+    # Each job's best weights come back, without the optimizer state (a third of the size): with sweeps.tar.gz
+    # they make complete run folders for scripts/report.py and scripts/export_pretrained.py off the lease.
+    python - "$sweeps"/fast/*/checkpoints/best.pt <<'SLIM' \
+      && (cd "$sweeps" && tar -cf "$out/weights_fast.tar" fast/*/checkpoints/best.pt) || status=1
+import sys
+from deblur_exp.checkpoint import drop_training_state
+for path in sys.argv[1:]:
+    drop_training_state(path)
+SLIM
+  else  # stopped or failed: how far each job got, its epoch times, and what it would still need
+    python scripts/sweep_progress.py "$sweeps/fast" --out "$out/progress_fast.md" > /dev/null
+  fi
 fi
 
 if [[ " $phases " == *" plain "* ]] && [ "$plain_epochs" -gt 0 ]; then

@@ -90,6 +90,26 @@ def test_evaluate_refuses_a_checkpoint_of_another_architecture(trained_run, tmp_
     assert "holds a 'srcnn' model but the config asks for 'dncnn'" in result.stderr
 
 
+def test_a_best_checkpoint_without_training_state_restores_the_same_model(trained_run, tmp_path):
+    """drop_training_state (what gpu_sweep_check.sh does to the best.pt it brings back) keeps everything evaluation
+    and export read, and nothing that only resuming needs."""
+    import torch
+
+    from deblur_exp.checkpoint import drop_training_state
+    from deblur_exp.evaluation import load_restorer
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    best = run / "checkpoints" / "best.pt"
+    drop_training_state(best)
+    slim = torch.load(best, weights_only=True)
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(slim)
+    assert best.stat().st_size < (trained_run / "checkpoints" / "best.pt").stat().st_size
+    full, kept = load_restorer(trained_run / "checkpoints" / "best.pt"), load_restorer(best)
+    assert (kept.arch, kept.epoch, kept.config) == (full.arch, full.epoch, full.config)
+    assert all(torch.equal(a, b) for a, b in zip(full.model.state_dict().values(), kept.model.state_dict().values()))
+
+
 def test_evaluate_scores_on_the_checkpoints_own_protocol(trained_run, tmp_path):
     """A checkpoint trained with eval.crop_border=3 and y_channel=true is scored that way without flags; flags
     override; checkpoints that disagree need the flag."""

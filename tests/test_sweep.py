@@ -552,7 +552,19 @@ def test_gpu_sweep_check_times_the_sweep_and_holds_it_to_a_plain_one(tmp_path):
     assert "hydra/launcher=threads" in timing and "trainer.cuda_graph=true" in timing and "plain check" not in timing
     assert "cuda_graph check: graphed steps follow eager ones" in timing  # on this CPU: the uncaptured path
     assert "| 1_model=deblurcnn | ok | deblurcnn |" in (out / "summary_fast.md").read_text()
-    assert "| 0_model=srcnn | 3 |" in (out / "progress_fast.md").read_text()
+    assert not (out / "progress_fast.md").exists()  # for stopped sweeps (the next test)
+    with tarfile.open(out / "weights_fast.tar") as tar:  # every job's best weights, without the optimizer state
+        assert sorted(tar.getnames()) == ["fast/0_model=srcnn/checkpoints/best.pt",
+                                          "fast/1_model=deblurcnn/checkpoints/best.pt"]
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    import torch
+
+    from deblur_exp.evaluation import load_restorer
+
+    for job, arch in (("0_model=srcnn", "srcnn"), ("1_model=deblurcnn", "deblurcnn")):
+        weights = tmp_path / "unpacked" / "fast" / job / "checkpoints" / "best.pt"
+        assert "optimizer" not in torch.load(weights, weights_only=True)
+        assert load_restorer(weights).arch == arch
 
     data = tmp_path / "data"  # the sweeps train on data=sample; the scoring phase reads a tiny Set14 here
     write_sharp_images(data / "Set14", names=("alpha", "beta"), size=(48, 64))
@@ -578,6 +590,7 @@ def test_gpu_sweep_check_stops_a_sweep_at_its_time_limit_and_reports_how_far_it_
     result = gpu_sweep_check(tmp_path, out, *endless, PHASES="fast", FAST_LIMIT="45")
     assert result.returncode == 124, result.stdout + result.stderr
     assert "fast sweep: STOPPED at FAST_LIMIT=45 s" in (out / "timing.txt").read_text()
+    assert not (out / "weights_fast.tar").exists() and not (out / "summary_fast.md").exists()
     progress = (out / "progress_fast.md").read_text()
     for job in ("0_model=srcnn", "1_model=deblurcnn"):
         done, planned = map(int, progress.split(f"| {job} | ")[1].split(" | ")[:2])
