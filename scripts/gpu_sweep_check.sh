@@ -64,8 +64,8 @@ if [[ " $phases " == *" fast "* ]]; then
     echo "command: python scripts/train.py -m ${five[*]} ${fast[*]} $*"
     echo "fast sweep: $verdict"
   } | tee -a "$out/timing.txt"
+  cp "$sweeps/fast/summary.md" "$out/summary_fast.md" 2>/dev/null  # a sweep with a failed job has one too
   if [ "$status" -eq 0 ]; then
-    cp "$sweeps/fast/summary.md" "$out/summary_fast.md"
     # Each job's best weights come back, without the optimizer state (a third of the size): with sweeps.tar.gz
     # they make complete run folders for scripts/report.py and scripts/export_pretrained.py off the lease.
     python - "$sweeps"/fast/*/checkpoints/best.pt <<'SLIM' \
