@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import sys
 import threading
 from pathlib import Path
@@ -174,6 +175,34 @@ def metrics_rows(job: Path) -> list[dict]:
         raise DeblurError(f"{job}: no metrics.csv (did the job start?)")
     with open(metrics, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def epoch_times(job: Path) -> list[float]:
+    """Seconds each finished epoch of the job took (training and validation), from its metrics.csv."""
+    return [float(row["epoch_time_s"]) for row in metrics_rows(job)]
+
+
+def projected_wall(times: dict[str, list[float]], wall_k: float, k: int, full_epochs: int) -> float:
+    """Seconds a sweep of ``full_epochs`` would take, projected from its first ``k`` epochs, which took ``wall_k``
+    from the command to the summary (``times``: each job's epoch times): the epochs left at the slowest job's
+    median epoch after the first (which pays for start-up and compilation). A projection, not a bound: jobs change
+    speed as their neighbours start and finish."""
+    slowest = max(statistics.median(t[1:k] or t[:k]) for t in times.values())
+    return wall_k + (full_epochs - k) * slowest
+
+
+def projection_checks(times: dict[str, list[float]], wall: float, full_epochs: int) -> dict[str, dict]:
+    """For a sweep measured at full length (``wall`` seconds): what a sweep of k epochs (k = 2, 4, 20, 50 below the
+    full length) would have projected, beside the measurement. That k-epoch sweep's wall time is rebuilt from this
+    one: the same start-up and final scoring (this wall time less the longest job's epochs) plus the longest job's
+    first k epochs."""
+    overhead = wall - max(sum(t) for t in times.values())
+    checks = {}
+    for k in (k for k in (2, 4, 20, 50) if k < full_epochs and all(len(t) > k for t in times.values())):
+        projected = projected_wall(times, overhead + max(sum(t[:k]) for t in times.values()), k, full_epochs)
+        checks[str(k)] = {"projected_minutes": projected / 60, "measured_minutes": wall / 60,
+                          "projected_vs_measured": projected / wall}
+    return checks
 
 
 def collect(sweep_dir: Path, objective: str = "val_psnr") -> list[dict]:

@@ -75,6 +75,9 @@ from deblur_exp.checkpoint import drop_training_state
 for path in sys.argv[1:]:
     drop_training_state(path)
 SLIM
+    # issue #10 point 3: each job's epochs, and how far a projection from the first epochs was from this wall time
+    python scripts/sweep_progress.py "$sweeps/fast" --wall "$wall" >> "$out/timing.txt" 2>&1 \
+      || echo "(no back-test: see the line above)" >> "$out/timing.txt"
   else  # stopped or failed: how far each job got, its epoch times, and what it would still need
     python scripts/sweep_progress.py "$sweeps/fast" --out "$out/progress_fast.md" > /dev/null
   fi

@@ -37,10 +37,10 @@ SWEEP_TINY = ["data=sample", "data.images=[chelsea,coffee]", "data.val_images=[c
               "data.stride=16", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "eval.enabled=false"]
 
 
-def run_sweep_section(tmp_path, *overrides, launcher="joblib"):
+def run_sweep_section(tmp_path, *overrides, launcher="joblib", epochs=2):
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--models", "srcnn", "edsr", "--device", "cpu", "--skip", "data", "training",
-                        "patches", "inference", "large", "--sweep-epochs", "2", "--sweep-launcher", launcher,
+                        "patches", "inference", "large", "--sweep-epochs", str(epochs), "--sweep-launcher", launcher,
                         "--sweep-overrides", *SWEEP_TINY,
                         *overrides, "--json", str(report_path), env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "out")})
     assert result.returncode == 0, result.stderr
@@ -57,13 +57,32 @@ def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path, la
     slowest = max(job["steady_epoch_s"] for job in sweep["jobs"].values())
     assert sweep["slowest_steady_epoch_s"] == slowest
     assert abs(sweep["projected_minutes"] * 60 - (sweep["wall_s"] + 200 * slowest)) < 1e-6
-    assert "projected 202 epochs" in stdout and f"projected {sweep['projected_minutes']:.1f} min |" in stdout
+    assert "measured_minutes" not in sweep and "2x too low" in sweep["projection_record"]
+    assert f"projected 202 epochs: {sweep['projected_minutes']:.1f} min (a projection, not a measurement" in stdout
+
+
+@pytest.mark.slow
+def test_a_full_length_sweep_is_measured_and_back_tests_the_projection(tmp_path):
+    """--sweep-epochs at the study's length (here a 3-epoch study): the wall time is the figure, and the projection
+    a 2-epoch sweep would have made is set beside it, from this run's own epoch times."""
+    sweep, stdout = run_sweep_section(tmp_path, "--sweep-full-epochs", "3", launcher="threads", epochs=3)
+    assert "projected_minutes" not in sweep and sweep["measured_minutes"] == sweep["wall_s"] / 60
+    times = [job["epoch_times_s"] for job in sweep["jobs"].values()]
+    assert all(len(t) == 3 for t in times)
+    two_epoch_wall = sweep["wall_s"] - max(sum(t) for t in times) + max(t[0] + t[1] for t in times)
+    projected = two_epoch_wall + max(t[1] for t in times)  # one epoch left, at the slowest second epoch
+    assert list(sweep["projection_checks"]) == ["2"]
+    check = sweep["projection_checks"]["2"]
+    assert abs(check["projected_minutes"] * 60 - projected) < 1e-6
+    assert abs(check["projected_vs_measured"] - projected / sweep["wall_s"]) < 1e-9
+    assert f"measured 3 epochs: {sweep['measured_minutes']:.1f} min" in stdout and "projected 3" not in stdout
+    assert f"back-test: 2 epochs would have projected {check['projected_minutes']:.1f} min" in stdout
 
 
 @pytest.mark.slow
 def test_sweep_section_reports_a_failed_job(tmp_path):
     sweep, stdout = run_sweep_section(tmp_path, "optimizer.lr=-1")
-    assert "optimizer.lr" in sweep["failed"] and "| experiment=seed sweep, 202 epochs | failed: job" in stdout
+    assert "optimizer.lr" in sweep["failed"] and "| experiment=seed sweep, the models in parallel | failed: job" in stdout
 
 
 @pytest.mark.parametrize("args,message", [

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -527,6 +528,26 @@ def test_sweep_progress_reports_measured_epoch_times_of_an_unfinished_sweep(tmp_
     assert unknown.returncode != 0 and unknown.stderr.strip().endswith("trainer.epochs from; pass --epochs")
 
 
+def test_sweep_progress_back_tests_the_projection_on_a_finished_sweep(tmp_path):
+    """--wall: what the first k epochs would have projected for a finished sweep, beside its measured time."""
+    epochs = 6
+    times = {"0_model=srcnn": [9.0, 2.0, 2.0, 2.0, 2.0, 2.0], "1_model=edsr": [5.0, 1.0, 3.0, 3.0, 3.0, 3.0]}
+    sweep = fake_sweep(tmp_path / "sweep", {job: [30.0] * epochs for job in times})
+    for job, seconds in times.items():
+        metrics = sweep / job / "metrics.csv"
+        rows = metrics.read_text().splitlines()
+        metrics.write_text("\n".join([rows[0] + ",epoch_time_s"] + [f"{r},{t}" for r, t in zip(rows[1:], seconds)]))
+    # 30 s of start-up and scoring around srcnn's 19 s of epochs, the longest job's. From 2 epochs: 30 + 11 (srcnn's
+    # first two) + 4 epochs left x 2.0 (the slower second epoch) = 49 s; from 4: 30 + 15 + 2 x 3.0 (edsr's median) = 51.
+    result = run_script("sweep_progress.py", str(sweep), "--epochs", str(epochs), "--wall", "49")
+    assert result.returncode == 0, result.stderr
+    assert "| 2 | 0.82 | 0.82 | 1.00x |" in result.stdout and "| 4 | 0.85 | 0.82 | 1.04x |" in result.stdout
+    unfinished = run_script("sweep_progress.py", str(sweep), "--epochs", "8", "--wall", "49")
+    assert unfinished.returncode != 0 and unfinished.stderr.strip() == (
+        "error: --wall: the back-test needs a finished sweep and a positive time; "
+        "0_model=srcnn (6 of 8 epochs), 1_model=edsr (6 of 8 epochs)")
+
+
 def gpu_sweep_check(tmp_path, out, *overrides, **env):
     import sys
 
@@ -551,6 +572,8 @@ def test_gpu_sweep_check_times_the_sweep_and_holds_it_to_a_plain_one(tmp_path):
     assert "fast sweep: exit status 0, " in timing and " s wall from the command to summary.md" in timing
     assert "hydra/launcher=threads" in timing and "trainer.cuda_graph=true" in timing and "plain check" not in timing
     assert "cuda_graph check: graphed steps follow eager ones" in timing  # on this CPU: the uncaptured path
+    # each job's epochs, and the back-test of a projection from the first 2 epochs against the measured wall time
+    assert "| 1_model=deblurcnn | 3 | 3 |" in timing and re.search(r"\n\| 2 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", timing)
     assert "| 1_model=deblurcnn | ok | deblurcnn |" in (out / "summary_fast.md").read_text()
     assert not (out / "progress_fast.md").exists()  # for stopped sweeps (the next test)
     with tarfile.open(out / "weights_fast.tar") as tar:  # every job's best weights, without the optimizer state
