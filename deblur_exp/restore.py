@@ -13,11 +13,11 @@ from torch import nn
 
 
 def _forward(model: nn.Module, degraded: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
-    """Restore a 1x3xHxW float tensor (on the model's device); returns it on the CPU."""
+    """Restore an NxCxHxW float batch (on the model's device); returns it on the CPU."""
     _, _, height, width = degraded.shape
     if tile is None or (height <= tile and width <= tile):
         return model(degraded).float().cpu()
-    restored = torch.empty((1, degraded.shape[1], height, width), dtype=torch.float32)
+    restored = torch.empty(degraded.shape, dtype=torch.float32)
     for top in range(0, height, tile):
         for left in range(0, width, tile):
             bottom, right = min(top + tile, height), min(left + tile, width)
@@ -43,20 +43,27 @@ def dihedral_inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.rot90(x, -k, dims=(2, 3))
 
 
-@torch.no_grad()
 def restore_image(model: nn.Module, degraded: np.ndarray, device: torch.device | str = "cpu",
                   tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False) -> np.ndarray:
     """Restore an HxWxC uint8 image (C as the model was trained: 3 RGB or 1 luma); returns HxWxC float32 in [0, 1]."""
+    return restore_batch(model, [degraded], device, tile, tile_overlap, self_ensemble)[0]
+
+
+@torch.no_grad()
+def restore_batch(model: nn.Module, degraded: list[np.ndarray], device: torch.device | str = "cpu",
+                  tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False) -> list[np.ndarray]:
+    """``restore_image`` for images of one size, through the model together (one forward pass per tile and view)."""
     model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(degraded)).permute(2, 0, 1)[None].float().div_(255).to(device)
+    # NHWC in memory, as the images are: the models run channels_last on it
+    x = torch.from_numpy(np.stack(degraded)).permute(0, 3, 1, 2).float().div_(255).to(device)
     if self_ensemble:
-        total = torch.zeros((1, *x.shape[1:]), dtype=torch.float32)
+        total = torch.zeros(x.shape, dtype=torch.float32)
         for k, flip in DIHEDRAL_VIEWS:
             total += dihedral_inverse(_forward(model, dihedral(x, k, flip), tile, tile_overlap), k, flip)
         restored = total / len(DIHEDRAL_VIEWS)
     else:
         restored = _forward(model, x, tile, tile_overlap)
-    return restored[0].clamp_(0, 1).permute(1, 2, 0).numpy()
+    return list(restored.clamp_(0, 1).permute(0, 2, 3, 1).numpy())
 
 
 def to_uint8(restored: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from deblur_exp.models import build_model
-from deblur_exp.restore import restore_image
+from deblur_exp.restore import restore_batch, restore_image
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (83, 101, 3), dtype=np.uint8)
 
@@ -59,3 +59,51 @@ def test_large_image_tiled_stays_under_2_gib():
     assert result.returncode == 0, result.stderr
     peak_kib = int(result.stdout.split()[-1])
     assert peak_kib < 2 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+
+
+@pytest.mark.parametrize("options", [{}, {"tile": 32, "tile_overlap": 24}, {"self_ensemble": True}])
+def test_a_batch_of_same_sized_images_restores_as_each_alone(options):
+    """restore_batch (evaluation batches same-sized images on a GPU) gives each image what restore_image gives it."""
+    torch.manual_seed(0)
+    model = build_model("deblurcnn_res").eval()
+    images = [np.random.default_rng(seed).integers(0, 256, (83, 101, 3), dtype=np.uint8) for seed in range(3)]
+    together = restore_batch(model, images, **options)
+    assert len(together) == 3
+    for image, restored in zip(images, together):
+        assert restored.shape == (83, 101, 3) and restored.dtype == np.float32
+        assert np.abs(restored - restore_image(model, image, **options)).max() < 1e-5
+
+
+class CountingModel(nn.Module):
+    """Identity plus a count of the images in each forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x):
+        self.batches.append(len(x))
+        return x
+
+
+def test_evaluation_batches_same_sized_images_and_keeps_the_sets_order():
+    from deblur_exp.config import DegradationConfig
+    from deblur_exp.data.images import Image
+    from deblur_exp.evaluation import Restorer, evaluate_set
+
+    rng = np.random.default_rng(1)
+    sizes = [(48, 64), (40, 40), (48, 64), (8, 8), (48, 64), (40, 40)]  # (8, 8): too small to score
+    images = [Image(f"im{i}", rng.integers(0, 256, (*size, 3), dtype=np.uint8)) for i, size in enumerate(sizes)]
+    model = CountingModel()
+    restorer = Restorer("counting", "identity", model, DegradationConfig(), "rgb", None, 0, {})
+    alone, problems_alone = evaluate_set(restorer, images, "cpu", progress=False)  # on a CPU: one image a pass
+    assert model.batches == [1, 1, 1, 1, 1]
+    model.batches.clear()
+    # room for two 48x64 images a pass: [im0, im2], [im1, im5], [im3] (refused before the model), [im4]
+    together, problems = evaluate_set(restorer, images, "cpu", progress=False, batch_pixels=2 * 48 * 64)
+    assert model.batches == [2, 2, 1]
+    assert [row["image"] for row in together] == ["im0", "im1", "im2", "im4", "im5"]
+    assert problems == problems_alone and len(problems) == 1 and problems[0].startswith("im3: image of 8x8")
+    for a, b in zip(alone, together):
+        assert a.keys() == b.keys() and all(a[k] == b[k] if isinstance(a[k], str) else abs(a[k] - b[k]) < 1e-9
+                                            for k in a)
