@@ -182,12 +182,17 @@ def epoch_times(job: Path) -> list[float]:
     return [float(row["epoch_time_s"]) for row in metrics_rows(job)]
 
 
+def steady_epoch(times: list[float]) -> float:
+    """A job's typical epoch: the median after the first, which pays for start-up and compilation."""
+    return statistics.median(times[1:] or times)
+
+
 def projected_wall(times: dict[str, list[float]], wall_k: float, k: int, full_epochs: int) -> float:
     """Seconds a sweep of ``full_epochs`` would take, projected from its first ``k`` epochs, which took ``wall_k``
     from the command to the summary (``times``: each job's epoch times): the epochs left at the slowest job's
     median epoch after the first (which pays for start-up and compilation). A projection, not a bound: jobs change
     speed as their neighbours start and finish."""
-    slowest = max(statistics.median(t[1:k] or t[:k]) for t in times.values())
+    slowest = max(steady_epoch(t[:k]) for t in times.values())
     return wall_k + (full_epochs - k) * slowest
 
 

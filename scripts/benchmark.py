@@ -22,7 +22,6 @@ import json
 import math
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from deblur_exp.config import REPO_ROOT, DataConfig, DegradationConfig
 from deblur_exp.data.patches import PatchSet, load_patches
 from deblur_exp.errors import DeblurError
 from deblur_exp.models import build_model, list_models
-from deblur_exp.jobs import collect, epoch_times, projected_wall, projection_checks
+from deblur_exp.jobs import collect, epoch_times, projected_wall, projection_checks, steady_epoch
 from deblur_exp.tables import markdown_table, write_json
 from deblur_exp.runtime import PRECISIONS, autocast_for, resolve_device
 from deblur_exp.batches import PatchTensors
@@ -349,7 +348,7 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
             if row["status"] != "ok":
                 return {"failed": f"job {row['job']}: {row['error']}", "command": command}
             times[row["model"]] = epoch_times(Path(sweep_dir) / row["job"])
-    jobs = {model: {"epoch_times_s": t, "steady_epoch_s": statistics.median(t[1:] or t)} for model, t in times.items()}
+    jobs = {model: {"epoch_times_s": t, "steady_epoch_s": steady_epoch(t)} for model, t in times.items()}
     result = {"epochs": epochs, "full_epochs": full_epochs, "launcher": launcher, "overrides": overrides,
               "wall_s": wall, "jobs": jobs, "slowest_steady_epoch_s": max(j["steady_epoch_s"] for j in jobs.values())}
     if epochs >= full_epochs:

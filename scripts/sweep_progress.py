@@ -13,14 +13,13 @@ whole sweep, as a ratio to the measured time.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from deblur_exp.cli import run_cli
 from deblur_exp.errors import DeblurError
-from deblur_exp.jobs import epoch_times, metrics_rows, named_sweep_jobs, projection_checks
+from deblur_exp.jobs import epoch_times, metrics_rows, named_sweep_jobs, projection_checks, steady_epoch
 from deblur_exp.run_dir import RunDir
 from deblur_exp.tables import markdown_table, write_text
 
@@ -43,7 +42,7 @@ def job_progress(job: Path, epochs: int | None) -> list:
     if not rows:
         return [job.name, 0, epochs, "-", "-", "-", "no epoch finished yet"]
     times = [float(r["epoch_time_s"]) for r in rows]
-    steady = statistics.median(times[1:] or times)  # the first epoch pays for start-up and compilation
+    steady = steady_epoch(times)
     done = int(rows[-1]["epoch"])
     left = max(epochs - done, 0)
     return [job.name, done, epochs, f"{max(float(r['val_psnr']) for r in rows):.3f}", f"{times[0]:.1f}", f"{steady:.2f}",
