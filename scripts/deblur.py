@@ -97,6 +97,7 @@ def main() -> int:
     args.out = args.out or default_output_dir("restored")
     problems: list[str] = []
     files = expand_inputs(args.inputs, problems)
+    made_out = not args.out.exists()
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -143,7 +144,11 @@ def main() -> int:
             print(f"mean of {len(rows)} images: {describe_scores(mean, arrows=True)}")
     for problem in problems:
         print(f"error: {problem}")
-    print(f"{written} image(s) restored into {args.out}; {len(problems)} problem(s)")
+    if made_out and not any(args.out.iterdir()):  # nothing restored: leave no empty folder to puzzle over
+        args.out.rmdir()
+        print(f"no image restored; {len(problems)} problem(s)")
+    else:
+        print(f"{written} image(s) restored into {args.out}; {len(problems)} problem(s)")
     return 1 if problems else 0
 
 

@@ -1,9 +1,9 @@
 """Ship finished runs as the package's pretrained models (``pretrained:<name>``).
 
-    python scripts/export_pretrained.py RUN [RUN ...] [--data-dir DIR]
+    python scripts/export_pretrained.py RUN_OR_SWEEP [...] [--data-dir DIR]
     python scripts/export_pretrained.py RUN --name NAME
 
-Each run's checkpoint (its eval.checkpoint: best.pt unless the run chose last) is written weights-only to
+A sweep folder (train.py -m) stands for its finished runs, one per architecture. Each run's checkpoint (its eval.checkpoint: best.pt unless the run chose last) is written weights-only to
 deblur_exp/weights/<NAME>.pt (NAME: the architecture unless --name gives one) with how it was trained (recipe,
 epochs, device, time, the resolved config), scored on Set5 and Set14 (whole images, the run's own degradation
 and scoring protocol: RGB, or Y with its eval.crop_border) and pinned by SHA-256 in
@@ -23,14 +23,15 @@ from deblur_exp.evaluation import evaluate_set, load_restorer, summarize
 from deblur_exp.run_dir import RunDir, run_checkpoint
 from deblur_exp.tables import markdown_table
 from deblur_exp.pretrained import FOLDER, PREFIX, export
-from deblur_exp.report import load_run
+from deblur_exp.report import find_runs, load_run
 
 SETS = ("Set5", "Set14")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="finished run folders, one per architecture")
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="finished run folders, or sweep folders holding them; one run per architecture")
     p.add_argument("--name", help="ship one run under this name instead of its architecture's (e.g. edsr_x3)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
     return p.parse_args()
@@ -46,10 +47,11 @@ def protocol_label(restorer) -> str:
 
 def main() -> int:
     args = parse_args()
+    folders = find_runs(args.runs)  # before the image sets: a wrong folder is the likelier mistake
+    if args.name and len(folders) != 1:
+        raise DeblurError(f"--name: give exactly one run to ship under a name ({len(folders)} found)")
     sets, _ = read_image_sets(list(SETS), args.data_dir)
-    if args.name and len(args.runs) != 1:
-        raise DeblurError("--name: give exactly one run to ship under a name")
-    runs = [load_run(folder) for folder in args.runs]
+    runs = [load_run(folder) for folder in folders]
     names = [args.name or r.arch for r in runs]
     if len(set(names)) != len(names):
         raise DeblurError(f"two runs of one architecture ({', '.join(names)}); export one run per architecture")

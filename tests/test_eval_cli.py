@@ -152,6 +152,16 @@ def test_missing_checkpoint_is_one_line(tmp_path):
         assert "no such checkpoint file or run folder" in result.stderr
 
 
+def test_deblur_with_nothing_to_restore_leaves_no_empty_folder(trained_run, tmp_path):
+    out = tmp_path / "out"
+    result = run_script("deblur.py", "--model", str(trained_run), str(tmp_path / "missing.jpg"), "--out", str(out))
+    assert result.returncode == 1 and "missing.jpg: no such file or folder" in result.stdout
+    assert "no image restored; 1 problem(s)" in result.stdout and not out.exists()
+    out.mkdir()  # a folder the user made stays, empty or not
+    result = run_script("deblur.py", "--model", str(trained_run), str(tmp_path / "missing.jpg"), "--out", str(out))
+    assert result.returncode == 1 and out.is_dir()
+
+
 def test_deblur_restores_photos_and_reports_bad_files(trained_run, tmp_path):
     inputs = write_sharp_images(tmp_path / "in", names=("a", "b"))
     wide = np.zeros((24, 48, 3), np.uint8)

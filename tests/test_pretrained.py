@@ -88,3 +88,20 @@ def test_export_pins_and_a_tampered_file_is_refused(trained_run, tmp_path, monke
     shutil.rmtree(tmp_path / "weights")
     with pytest.raises(DeblurError, match=r"choose from \(none shipped\)"):
         find_checkpoints("pretrained:tiny")
+
+
+def test_export_takes_a_sweep_folder_and_refuses_what_is_not_a_run_in_one_line(trained_run, tmp_path):
+    """A sweep folder stands for its finished runs (a lease's sweep goes straight to export), and both mistakes
+    are caught before anything is scored or written."""
+    sweep = tmp_path / "sweep"
+    for job in ("0_model=a", "1_model=b"):
+        shutil.copytree(trained_run, sweep / job)
+    (sweep / "unfinished").mkdir()  # a job folder without summary.json is not a run to ship
+    before = sorted(p.name for p in pretrained.FOLDER.iterdir())
+    named = run_script("export_pretrained.py", str(sweep), "--name", "x")
+    assert named.returncode == 2 and named.stderr.count("\n") == 1, named.stderr
+    assert "--name: give exactly one run to ship under a name (2 found)" in named.stderr
+    empty = run_script("export_pretrained.py", str(sweep / "unfinished"))
+    assert empty.returncode == 2 and empty.stderr.count("\n") == 1, empty.stderr
+    assert "unfinished: holds no finished run" in empty.stderr
+    assert sorted(p.name for p in pretrained.FOLDER.iterdir()) == before
