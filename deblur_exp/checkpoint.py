@@ -78,6 +78,9 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict[
                           f"(weights_only=True); it may be malicious ({_first_line(exc)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise DeblurError(f"{path}: checkpoint is truncated or corrupt ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001  any other file (a text file named .pt) fails torch's legacy unpickler
+        # in ways of its own (KeyError, IndexError...): none of them is worth a traceback
+        raise DeblurError(f"{path}: not a torch checkpoint file ({type(exc).__name__}: {_first_line(exc)})") from None
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise DeblurError(f"{path}: not a deblur_exp checkpoint (no format_version/model entries)")
     if state["format_version"] > FORMAT_VERSION:

@@ -224,6 +224,14 @@ def test_future_format_and_foreign_files_are_named(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(DeblurError, match="not a deblur_exp checkpoint"):
         load_checkpoint(foreign)
+    # files that are not torch files at all: each way torch's unpickler fails is one named error
+    garbage = {"text.pt": b"hi\n", "empty.pt": b"", "noise.pt": np.random.default_rng(0).bytes(4096),
+               "zip_head.pt": b"PK\x03\x04" + bytes(100)}
+    for name, data in garbage.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DeblurError, match=rf"{name}: (checkpoint is truncated or corrupt|not a torch checkpoint"
+                                              rf"|refused to load)"):
+            load_checkpoint(tmp_path / name)
 
 
 def test_settings_are_checked_before_any_data_is_read(make_cfg, tmp_path):
