@@ -3,7 +3,8 @@
 ``run_job`` is what ``scripts/train.py`` calls: in a multirun it gives each parallel job its share of CPU
 threads (and its own GPU on a multi-GPU machine), and a job that fails records a one-line ``error.txt`` and
 returns NaN instead of raising, so the other jobs and the summary still happen. ``SweepSummary`` is the Hydra
-callback (registered in conf/hydra/default.yaml) that writes summary.csv / summary.md at the sweep root.
+callback (registered in conf/hydra/default.yaml) that writes summary.csv / summary.md at the sweep root and
+leaves the failed jobs in ``FAILED_JOBS``, from which scripts/train.py takes its exit status.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from deblur_exp.run_dir import RunDir
 log = logging.getLogger("deblur_exp")
 
 _thread = threading.local()
+
+# The jobs of this process's sweep that failed, as SweepSummary found them: scripts/train.py -m exits 1 when there
+# are any, so that a shell script, CI or a scheduler running the sweep learns that the table has failed rows.
+FAILED_JOBS: list[str] = []
 
 
 @contextlib.contextmanager
@@ -262,5 +267,7 @@ class SweepSummary(Callback):
             return
         rows = collect(sweep_dir, config.get("objective", "val_psnr"))
         table = write_summary(sweep_dir, rows)
-        failed = sum(r["status"] != "ok" for r in rows)
-        print(f"\nsweep summary ({len(rows)} jobs, {failed} failed): {sweep_dir / 'summary.md'}\n{table}")
+        FAILED_JOBS[:] = [r["job"] for r in rows if r["status"] != "ok"]
+        print(f"\nsweep summary ({len(rows)} jobs, {len(FAILED_JOBS)} failed): {sweep_dir / 'summary.md'}\n{table}")
+        if FAILED_JOBS:
+            print(f"failed: {', '.join(FAILED_JOBS)} (each job's error.txt says why); exit status 1")

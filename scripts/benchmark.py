@@ -341,13 +341,13 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
         started = time.perf_counter()
         out = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - started
-        if out.returncode != 0:
-            return {"failed": (out.stderr.strip().splitlines() or ["no output"])[-1], "command": command}
-        times = {}
-        for row in collect(Path(sweep_dir)):
+        rows = collect(Path(sweep_dir)) if out.returncode in (0, 1) else []  # 1: a job failed, its row says why
+        for row in rows:
             if row["status"] != "ok":
                 return {"failed": f"job {row['job']}: {row['error']}", "command": command}
-            times[row["model"]] = epoch_times(Path(sweep_dir) / row["job"])
+        if out.returncode != 0 or not rows:
+            return {"failed": (out.stderr.strip().splitlines() or ["no output"])[-1], "command": command}
+        times = {row["model"]: epoch_times(Path(sweep_dir) / row["job"]) for row in rows}
     jobs = {model: {"epoch_times_s": t, "steady_epoch_s": steady_epoch(t)} for model, t in times.items()}
     result = {"epochs": epochs, "full_epochs": full_epochs, "launcher": launcher, "overrides": overrides,
               "wall_s": wall, "jobs": jobs, "slowest_steady_epoch_s": max(j["steady_epoch_s"] for j in jobs.values())}

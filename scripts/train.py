@@ -28,3 +28,6 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     sys.argv = distributed_argv(resume_argv(run_dir_argv(sys.argv)))
     run_hydra_cli(main)
+    from deblur_exp.jobs import FAILED_JOBS  # filled at the end of a sweep (-m) with a job that failed
+
+    sys.exit(1 if FAILED_JOBS else 0)

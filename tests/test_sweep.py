@@ -66,7 +66,8 @@ def test_a_failing_job_is_listed_and_does_not_stop_the_others(tmp_path, launcher
     quick = [o for o in QUICK if not o.startswith("data.patch_size")]
     result = run_script("train.py", "-m", *launcher, "model=srcnn", "data.patch_size=16,2", *quick,
                         env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the sweep ran to its summary, and says a job failed
+    assert "failed: 1_data.patch_size=2 (each job's error.txt says why); exit status 1" in result.stdout
     folder = sweep_dir(tmp_path)
     rows = {r["job"]: r for r in summary_rows(folder)}
     assert rows["0_data.patch_size=16"]["status"] == "ok"
