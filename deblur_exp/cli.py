@@ -27,6 +27,19 @@ def default_output_dir(kind: str) -> Path:
     return root / kind / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def make_output_dir(path: Path, option: str = "--out") -> bool:
+    """Create a script's output folder before the work, so that an unwritable one fails at once in one line, not
+    after minutes of scoring; returns whether it was made now (a script that wrote nothing removes it again)."""
+    made = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeblurError(f"{option}: cannot create {path} ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DeblurError(f"{option}: cannot write into {path} (permission denied)")
+    return made
+
+
 def add_eval_options(parser, *keys: str, from_checkpoints: tuple[str, ...] = ()) -> None:
     """Add ``--<key>`` options whose defaults and help come from conf/eval/default.yaml (its values and its line
     comments) and whose types come from the eval schema, so scripts never restate the training-time eval settings.
@@ -156,3 +169,7 @@ def run_hydra_cli(main: Callable[[], object]) -> None:
     except DeblurError as exc:  # raised outside a job (a launcher, a callback): still one line
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as exc:  # Ctrl-C outside training's own handler (start-up, data, final evaluation)
+        logging.disable(logging.INFO)  # a half-imported torch logs cache statistics at exit
+        print("interrupted" + (f" ({exc})" if str(exc) else ""), file=sys.stderr)
+        sys.exit(130)

@@ -81,7 +81,31 @@ def apply_job_resources(cfg: DictConfig) -> None:
 
 
 def run_job(cfg: DictConfig) -> float:
-    """Train, returning the run's objective; see the module docstring for multirun behaviour."""
+    """Train, returning the run's objective; see the module docstring for multirun behaviour. Ctrl-C before
+    training's own handler is installed (imports, data preparation) or after it (the final evaluation) leaves a
+    single run as a failed start does (``forget_failed_start``) and goes on up, saying where the run stands, to
+    cli.run_hydra_cli, which prints it in one line (a sweep just stops)."""
+    try:
+        return _run_job(cfg)
+    except KeyboardInterrupt:
+        if is_multirun():
+            raise
+        forget_failed_start(cfg)
+        run_dir = Path(cfg.resume if cfg.resume and cfg.resume != "auto" else cfg.paths.run_dir)
+        raise KeyboardInterrupt(f"run folder kept: {run_dir}" if run_dir.is_dir() else "no run folder was kept") \
+            from None
+
+
+def forget_failed_start(cfg: DictConfig) -> None:
+    """A single run that fails or is interrupted before it trains leaves nothing: a fresh run's folder goes (if it
+    holds no checkpoint), and a resume=RUN attempt leaves the run's record as it was."""
+    if cfg.resume and cfg.resume != "auto":
+        RunDir(cfg.resume).discard_staged_record()
+    elif not cfg.resume:
+        remove_unstarted_run(Path(cfg.paths.run_dir))
+
+
+def _run_job(cfg: DictConfig) -> float:
     from deblur_exp.runtime import TrainingInterrupted
     from deblur_exp.training import train
 
@@ -99,10 +123,11 @@ def run_job(cfg: DictConfig) -> float:
         message = message.splitlines()[0] if message else type(exc).__name__
         if not multirun:
             if isinstance(exc, DeblurError):
-                if not cfg.resume:
-                    remove_unstarted_run(Path(cfg.paths.run_dir))
+                forget_failed_start(cfg)
                 print(f"error: {message}", file=sys.stderr)
                 sys.exit(2)
+            if cfg.resume and cfg.resume != "auto":  # a crash: the fresh run's folder stays, for its train.log
+                RunDir(cfg.resume).discard_staged_record()
             raise
         if isinstance(exc, DeblurError):
             log.error("job failed: %s", message)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from deblur_exp.run_dir import RunDir
+from deblur_exp.run_dir import STAGED_RECORD, RunDir
 
 
 def _override_key(override: str) -> str:
@@ -29,7 +29,9 @@ def resume_argv(argv: list[str]) -> list[str]:
     """Rewrite ``train.py resume=RUN [overrides]`` so Hydra recomposes RUN's config in RUN's folder.
 
     The run's saved overrides (``RUN/.hydra/overrides.yaml``) come first and the new ones after, so
-    ``resume=RUN trainer.epochs=50`` keeps the run's model, data and so on, and changes only the epochs.
+    ``resume=RUN trainer.epochs=50`` keeps the run's model, data and so on, and changes only the epochs. Hydra
+    writes this attempt's record into ``RUN/.hydra_resume/``, which replaces ``RUN/.hydra/`` once the checkpoint has
+    loaded (``RunDir.accept_staged_record``): a resume with a wrong override fails without changing the run.
     """
     args = argv[1:]
     resumes = [a for a in args if a.startswith("resume=")]
@@ -44,7 +46,8 @@ def resume_argv(argv: list[str]) -> list[str]:
     kept = [o for o in saved if _override_key(o) not in given and _override_key(o) != "resume"
             and not _override_key(o).startswith("hydra.")]
     rest = [a for a in args if not a.startswith("resume=")]
-    return [argv[0], *kept, *rest, f"resume={_quote(run)}", f"hydra.run.dir={_quote(run)}"]
+    return [argv[0], *kept, *rest, f"resume={_quote(run)}", f"hydra.run.dir={_quote(run)}",
+            f"hydra.output_subdir={STAGED_RECORD}"]
 
 
 def run_dir_argv(argv: list[str]) -> list[str]:

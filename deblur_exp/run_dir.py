@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -17,6 +19,11 @@ from deblur_exp.errors import DeblurError
 # best: best validation PSNR; last: the final weights, for when validation cannot pick (e.g. patches that
 # overlap the training ones).
 CHECKPOINT_CHOICES = ("best", "last")
+
+# Where Hydra writes the record of a resume=RUN attempt (resume.resume_argv): it replaces the run's .hydra/ only
+# once the checkpoint has loaded, so an attempt that fails leaves the run's record, which the next resume replays,
+# as it was.
+STAGED_RECORD = ".hydra_resume"
 
 
 class RunDir:
@@ -31,6 +38,28 @@ class RunDir:
     @property
     def hydra(self) -> Path:
         return self.path / ".hydra"
+
+    @property
+    def staged_hydra(self) -> Path:
+        """A resume attempt's .hydra/ record, waiting to be accepted (``accept_staged_record``)."""
+        return self.path / STAGED_RECORD
+
+    def accept_staged_record(self) -> None:
+        """The resume was accepted: its record becomes the run's, file by file (each replace is atomic), with
+        overrides.yaml last since the next resume replays it. A no-op when nothing is staged."""
+        staged = self.staged_hydra
+        if not staged.is_dir():
+            return
+        self.hydra.mkdir(exist_ok=True)
+        for name in sorted(p.name for p in staged.iterdir() if p.name != self.overrides.name):
+            os.replace(staged / name, self.hydra / name)
+        if (staged / self.overrides.name).is_file():
+            os.replace(staged / self.overrides.name, self.overrides)
+        shutil.rmtree(staged, ignore_errors=True)
+
+    def discard_staged_record(self) -> None:
+        """The resume failed before it was accepted: the run's own record stays as it was."""
+        shutil.rmtree(self.staged_hydra, ignore_errors=True)
 
     @property
     def config(self) -> Path:

@@ -87,6 +87,8 @@ def _train(cfg: DictConfig, run: RunDir) -> float:
         parts = build_parts(cfg, device, numerics)
         generator = torch.Generator().manual_seed(t.seed)
         progress = resume_progress(run, cfg, parts, numerics, generator) if cfg.resume else Progress()
+        if cfg.resume and dist.is_main:  # the checkpoint loaded: this resume's config becomes the run's record
+            run.accept_staged_record()
     metrics, writer = open_tracking(cfg, run, dist, progress.epoch)
     stopped_by = run_epochs(cfg, run, parts, numerics, (train_set, val_set, val_shard), generator, progress,
                             metrics, writer)

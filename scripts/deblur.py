@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deblur_exp.cli import add_eval_options, default_output_dir, run_cli
+from deblur_exp.cli import add_eval_options, default_output_dir, make_output_dir, run_cli
 from deblur_exp.data.images import in_format_of, read_alpha, read_image_info, scan_folder, write_image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import IMAGE_FIELDS, bar_off, load_restorer, score_image
@@ -97,11 +97,7 @@ def main() -> int:
     args.out = args.out or default_output_dir("restored")
     problems: list[str] = []
     files = expand_inputs(args.inputs, problems)
-    made_out = not args.out.exists()
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DeblurError(f"--out: cannot create {args.out} ({exc.strerror or exc})") from None
+    made_out = make_output_dir(args.out)
     inputs = {f.resolve() for f in files}
     rows, used_names, written = [], set(), 0
     for path in tqdm(files, desc="deblur", unit="img", disable=bar_off(len(files) > 1)):

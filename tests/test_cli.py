@@ -32,9 +32,18 @@ def test_train_then_resume_from_the_shell(tmp_path):
                      "checkpoints/best.pt", "tensorboard"):
         assert (run / artefact).exists(), artefact
 
+    record = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+    wrong = run_script("train.py", f"resume={run}", "model=edsr", env=env)  # the checkpoint holds srcnn
+    assert wrong.returncode == 2 and "checkpoint holds a 'srcnn' model" in wrong.stderr, wrong.stderr
+    # the failed attempt left the run's record (which the next resume replays) as it was
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
+    assert not (run / ".hydra_resume").exists()
+
     again = run_script("train.py", f"resume={run}", "trainer.epochs=2", env=env)
     assert again.returncode == 0, again.stderr
     assert runs_under(tmp_path) == [run]  # continued in the same folder
+    assert "trainer.epochs=2" in (run / ".hydra" / "overrides.yaml").read_text()  # the accepted resume's record
+    assert not (run / ".hydra_resume").exists()
     with open(run / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
     assert "name: srcnn" in (run / ".hydra" / "config.yaml").read_text()  # the saved config was kept
@@ -155,3 +164,56 @@ def test_no_progress_bar_floods_a_log_when_output_is_not_a_terminal(tmp_path):
     result = run_script("train.py", *TINY, "trainer.progress=true", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stdout + result.stderr and "epoch 2/2" in result.stdout
+
+
+def test_ctrl_c_before_training_leaves_no_half_made_run(make_cfg, trained_run, tmp_path, monkeypatch):
+    """Ctrl-C while a run starts (imports, data) comes before training's own SIGINT handler: a fresh run's folder
+    is removed, a resume attempt's staged record discarded with the run left as it was, and the interrupt goes on
+    up saying so (run_hydra_cli prints it: the next test)."""
+    import shutil
+
+    import deblur_exp.training as training
+    from deblur_exp.jobs import run_job
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    fresh = tmp_path / "fresh"  # what Hydra has made by the time the job starts
+    (fresh / ".hydra").mkdir(parents=True)
+    (fresh / ".hydra" / "overrides.yaml").write_text("- model=srcnn\n")
+    (fresh / "train.log").write_text("")
+    with pytest.raises(KeyboardInterrupt, match=r"^no run folder was kept$"):
+        run_job(make_cfg(TINY, fresh))
+    assert not fresh.exists()
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / ".hydra_resume").mkdir()
+    (run / ".hydra_resume" / "overrides.yaml").write_text("- model=edsr\n")
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and ".hydra_resume" not in
+              p.parts}
+    with pytest.raises(KeyboardInterrupt, match=f"^run folder kept: {run}$"):
+        run_job(make_cfg([*TINY, f"resume={run}"], run))
+    assert not (run / ".hydra_resume").exists()
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_ctrl_c_outside_training_is_one_line_with_status_130(monkeypatch, capsys):
+    import logging
+
+    from deblur_exp.cli import run_hydra_cli
+
+    for raised, line in ((KeyboardInterrupt(), "interrupted\n"),
+                         (KeyboardInterrupt("no run folder was kept"), "interrupted (no run folder was kept)\n")):
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # run_hydra_cli sets it to 1; monkeypatch puts it back
+
+        def starting():
+            raise raised
+
+        try:
+            with pytest.raises(SystemExit) as stopped:
+                run_hydra_cli(starting)
+        finally:
+            logging.disable(logging.NOTSET)  # run_hydra_cli silences INFO for the exit; the other tests log
+        assert stopped.value.code == 130 and capsys.readouterr().err == line

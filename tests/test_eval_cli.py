@@ -152,6 +152,22 @@ def test_missing_checkpoint_is_one_line(tmp_path):
         assert "no such checkpoint file or run folder" in result.stderr
 
 
+@pytest.mark.parametrize("script, args", [
+    ("evaluate.py", ["--sets", "--images", "IMAGES"]),
+    ("deblur.py", ["--model", "RUN", "IMAGES"]),
+    ("report.py", ["--sets", "in", "--data-dir", "TMP", "--device", "cpu"]),
+])
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_work(trained_run, tmp_path, script, args):
+    images = write_sharp_images(tmp_path / "in", names=("a",))
+    (tmp_path / "file").write_text("a file, not a folder")
+    named = {"IMAGES": str(images), "RUN": str(trained_run), "TMP": str(tmp_path)}
+    args = [named.get(a, a) for a in args]
+    runs = [] if script == "deblur.py" else [str(trained_run)]
+    result = run_script(script, *runs, *args, "--out", str(tmp_path / "file" / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == f"error: --out: cannot create {tmp_path / 'file' / 'out'} (Not a directory)\n"
+
+
 def test_deblur_with_nothing_to_restore_leaves_no_empty_folder(trained_run, tmp_path):
     out = tmp_path / "out"
     result = run_script("deblur.py", "--model", str(trained_run), str(tmp_path / "missing.jpg"), "--out", str(out))
