@@ -89,6 +89,9 @@ def _train(cfg: DictConfig, run: RunDir) -> float:
         progress = resume_progress(run, cfg, parts, numerics, generator) if cfg.resume else Progress()
         if cfg.resume and dist.is_main:  # the checkpoint loaded: this resume's config becomes the run's record
             run.accept_staged_record()
+        if cfg.resume and progress.epoch >= t.epochs:
+            log.info("the run has trained all its %d epochs: nothing left to train (trainer.epochs=N trains it "
+                     "longer); evaluating it again", progress.epoch)
     metrics, writer = open_tracking(cfg, run, dist, progress.epoch)
     stopped_by = run_epochs(cfg, run, parts, numerics, (train_set, val_set, val_shard), generator, progress,
                             metrics, writer)

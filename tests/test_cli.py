@@ -44,6 +44,9 @@ def test_train_then_resume_from_the_shell(tmp_path):
     assert runs_under(tmp_path) == [run]  # continued in the same folder
     assert "trainer.epochs=2" in (run / ".hydra" / "overrides.yaml").read_text()  # the accepted resume's record
     assert not (run / ".hydra_resume").exists()
+    finished = run_script("train.py", f"resume={run}", env=env)  # nothing left: it says so, and scores again
+    assert finished.returncode == 0, finished.stderr
+    assert "the run has trained all its 2 epochs: nothing left to train" in finished.stdout
     with open(run / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
     assert "name: srcnn" in (run / ".hydra" / "config.yaml").read_text()  # the saved config was kept
