@@ -126,7 +126,8 @@ def _run_job(cfg: DictConfig) -> float:
                 forget_failed_start(cfg)
                 print(f"error: {message}", file=sys.stderr)
                 sys.exit(2)
-            if cfg.resume and cfg.resume != "auto":  # a crash: the fresh run's folder stays, for its train.log
+            # a crash: a fresh run's folder stays (its train.log has the traceback); a resume leaves the run as it was
+            if cfg.resume and cfg.resume != "auto":
                 RunDir(cfg.resume).discard_staged_record()
             raise
         if isinstance(exc, DeblurError):
