@@ -87,6 +87,16 @@ def read_image_sets(names: list[str], data_dir: Path) -> tuple[dict, list[str]]:
     return sets, problems
 
 
+def warn_if_not_shown(compare: str, sets: dict) -> None:
+    """``--compare NAME``: say at once when no set holds that image, rather than quietly making no figure after
+    the scoring (the default, butterfly, is in Set5 only)."""
+    names = sorted({image.name for images in sets.values() for image in images})
+    if compare not in names:
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        print(f"warning: --compare {compare}: no image of that name in {', '.join(sets)} ({shown}); "
+              f"no comparison figure")
+
+
 def run_cli(main: Callable[[], int]) -> None:
     """Run ``main``; a DeblurError becomes ``error: <message>`` and exit status 2, never a traceback."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s", datefmt="%H:%M:%S")

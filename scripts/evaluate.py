@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deblur_exp.cli import (add_eval_options, default_data_dir, default_output_dir, make_output_dir, read_image_sets,
-                            run_cli)
+                            run_cli, warn_if_not_shown)
 from deblur_exp.data.degrade import degrade
 from deblur_exp.errors import DeblurError
 from deblur_exp.data.images import read_folder
@@ -102,6 +102,7 @@ def main() -> int:
     if not any(sets.values()):
         raise DeblurError("nothing to score: give --sets that exist or --images with readable images")
     make_output_dir(out)
+    warn_if_not_shown(args.compare, sets)
 
     options = dict(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
                    y_channel=args.y_channel, crop_border=args.crop_border)

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from deblur_exp.cli import default_data_dir, make_output_dir, read_image_sets, run_cli
+from deblur_exp.cli import default_data_dir, make_output_dir, read_image_sets, run_cli, warn_if_not_shown
 from deblur_exp.errors import DeblurError
 from deblur_exp.report import find_runs, load_run, score_runs, write_figures, write_report
 from deblur_exp.runtime import resolve_device
@@ -42,6 +42,7 @@ def main() -> int:
     runs = [load_run(folder) for folder in find_runs(args.runs)]
     runs.sort(key=lambda r: r.recipe)
     make_output_dir(args.out)
+    warn_if_not_shown(args.compare, sets)
     baseline = score_runs(runs, sets, device, args.y_crop, args.compare)
     command = "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(write_report(args.out, runs, baseline, list(sets), args.y_crop, args.compare, command))

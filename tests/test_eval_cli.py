@@ -168,6 +168,18 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_work(traine
     assert result.stderr == f"error: --out: cannot create {tmp_path / 'file' / 'out'} (Not a directory)\n"
 
 
+def test_evaluate_says_at_once_when_the_compare_image_is_in_no_set(trained_run, tmp_path):
+    images = write_sharp_images(tmp_path / "mine", names=("alpha",))
+    out = tmp_path / "eval"
+    result = run_script("evaluate.py", str(trained_run), "--sets", "--images", str(images), "--out", str(out),
+                        "--no-figures")  # --compare is butterfly by default, which only Set5 has
+    assert result.returncode == 0, result.stderr
+    warning = "warning: --compare butterfly: no image of that name in mine (alpha); no comparison figure"
+    assert warning in result.stdout
+    assert result.stdout.index(warning) < result.stdout.index("| rank |")  # before the scoring, not after
+    assert not list(out.glob("compare_*.png"))
+
+
 def test_deblur_with_nothing_to_restore_leaves_no_empty_folder(trained_run, tmp_path):
     out = tmp_path / "out"
     result = run_script("deblur.py", "--model", str(trained_run), str(tmp_path / "missing.jpg"), "--out", str(out))
