@@ -91,16 +91,21 @@ def run_job(cfg: DictConfig) -> float:
         if is_multirun():
             raise
         forget_failed_start(cfg)
-        run_dir = Path(cfg.resume if cfg.resume and cfg.resume != "auto" else cfg.paths.run_dir)
+        run_dir = resumed_run(cfg) or Path(cfg.paths.run_dir)
         raise KeyboardInterrupt(f"run folder kept: {run_dir}" if run_dir.is_dir() else "no run folder was kept") \
             from None
+
+
+def resumed_run(cfg: DictConfig) -> Path | None:
+    """The run folder a resume=RUN continues; None for a fresh run and for resume=auto (decided per job)."""
+    return Path(cfg.resume) if cfg.resume and cfg.resume != "auto" else None
 
 
 def forget_failed_start(cfg: DictConfig) -> None:
     """A single run that fails or is interrupted before it trains leaves nothing: a fresh run's folder goes (if it
     holds no checkpoint), and a resume=RUN attempt leaves the run's record as it was."""
-    if cfg.resume and cfg.resume != "auto":
-        RunDir(cfg.resume).discard_staged_record()
+    if resumed_run(cfg):
+        RunDir(resumed_run(cfg)).discard_staged_record()
     elif not cfg.resume:
         remove_unstarted_run(Path(cfg.paths.run_dir))
 
@@ -127,8 +132,8 @@ def _run_job(cfg: DictConfig) -> float:
                 print(f"error: {message}", file=sys.stderr)
                 sys.exit(2)
             # a crash: a fresh run's folder stays (its train.log has the traceback); a resume leaves the run as it was
-            if cfg.resume and cfg.resume != "auto":
-                RunDir(cfg.resume).discard_staged_record()
+            if resumed_run(cfg):
+                RunDir(resumed_run(cfg)).discard_staged_record()
             raise
         if isinstance(exc, DeblurError):
             log.error("job failed: %s", message)
