@@ -170,6 +170,7 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     enabled: bool = True
+    every: Optional[int] = None
     checkpoint: str = "best"
     sets: List[str] = field(default_factory=lambda: ["Set5", "Set14"])
     held_out: bool = True
@@ -373,6 +374,8 @@ def check_config(cfg: DictConfig) -> None:
     need(cfg.eval.checkpoint in CHECKPOINT_CHOICES, "eval.checkpoint",
          f"must be one of {', '.join(CHECKPOINT_CHOICES)}")
     need(cfg.eval.crop_border >= 0, "eval.crop_border", "must be >= 0")
+    need(cfg.eval.every is None or cfg.eval.every > 0, "eval.every",
+         "must be a positive number of epochs, or null (score only when training ends)")
     need(cfg.eval.tile is None or cfg.eval.tile > 0, "eval.tile", "must be positive or null (one pass)")
     need(cfg.eval.tile_overlap >= 0, "eval.tile_overlap", "must be >= 0")
     check_objective(cfg)

@@ -239,3 +239,62 @@ def evaluate_run(cfg: DictConfig, run: RunDir, device, writer, held_out, step: i
     write_json(run.eval / "summary.json", summary)
     writer.flush()
     return summary
+
+
+class ScoresDuringTraining:
+    """``eval.every=N``: the eval sets scored with the weights as they train, every N epochs and after the last,
+    under the end-of-run protocol (eval.y_channel, crop_border, tile, self_ensemble) but without figures. Each
+    scoring appends one row per set to eval/during_training.csv and TensorBoard's <metric>/<set> (psnr/Set5 beside
+    psnr/val, with psnr/Set5_degraded as the line to beat), so a user sees when a test set stops improving (or falls while the validation patches still rise) without
+    copying checkpoints out of a running job. The row of the epoch a checkpoint holds equals that checkpoint's
+    end-of-run score."""
+
+    FIELDS = ["epoch", "set", "images", *score_fields()]
+
+    def __init__(self, cfg: DictConfig, run: RunDir, model: torch.nn.Module, device, sets: dict[str, list[Image]],
+                 start_epoch: int):
+        from deblur_exp.tracking import MetricsTable
+
+        e = cfg.eval
+        self.every, self.sets, self.device = e.every, sets, device
+        self.options = dict(tile=e.tile, tile_overlap=e.tile_overlap, self_ensemble=e.self_ensemble,
+                            y_channel=e.y_channel, crop_border=e.crop_border)
+        degradation = DegradationConfig(**OmegaConf.to_container(cfg.degradation, resolve=True))
+        self.restorer = Restorer(cfg.model.name, cfg.model.name, model, degradation, cfg.data.color, run.last,
+                                 start_epoch, OmegaConf.to_container(cfg, resolve=True))
+        self.table = MetricsTable(run.during_training, keep_through_epoch=start_epoch, fields=self.FIELDS)
+        self.warned = False
+
+    @classmethod
+    def open(cls, cfg: DictConfig, run: RunDir, model: torch.nn.Module, device, held_out: list[Image],
+             start_epoch: int) -> "ScoresDuringTraining | None":
+        """The scorer ``cfg.eval.every`` asks for; None when it is null or no set is found (said in the log)."""
+        if cfg.eval.every is None:
+            return None
+        sets, problems = eval_image_sets(cfg.eval, cfg.paths.data_dir, held_out)
+        for problem in problems:
+            log.warning("eval.every: skipping %s", problem)
+        if not sets:
+            log.info("eval.every=%d: no image sets found; nothing is scored during training", cfg.eval.every)
+            return None
+        log.info("eval.every=%d: scoring %s every %d epochs and after the last (eval/during_training.csv)",
+                 cfg.eval.every, ", ".join(sets), cfg.eval.every)
+        return cls(cfg, run, model, device, sets, start_epoch)
+
+    def due(self, epoch: int, last: bool) -> bool:
+        return last or epoch % self.every == 0
+
+    def score(self, epoch: int, writer) -> None:
+        """Score every set with the model as it is now (it is left in eval mode; training sets its own mode)."""
+        for set_name, images in self.sets.items():
+            rows, problems = evaluate_set(self.restorer, images, self.device, progress=False, **self.options)
+            if not self.warned:  # the same images fail every time: say so once
+                for problem in problems:
+                    log.warning("eval.every %s: skipping %s", set_name, problem)
+            scores = summarize(rows)
+            self.table.append({"epoch": epoch, "set": set_name, **scores})
+            for key in IMAGE_METRICS:
+                writer.add_scalar(f"{key}/{set_name}", scores[f"{key}_restored"], epoch)
+                writer.add_scalar(f"{key}/{set_name}_degraded", scores[f"{key}_degraded"], epoch)
+            log.info("epoch %d: %s %s", epoch, set_name, describe_scores(scores))
+        self.warned = True

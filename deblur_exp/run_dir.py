@@ -121,6 +121,11 @@ class RunDir:
         return self.eval / f"{set_name}.csv"
 
     @property
+    def during_training(self) -> Path:
+        """eval.every: the sets' mean scores as the model trained, one row per epoch scored and set."""
+        return self.eval / "during_training.csv"
+
+    @property
     def eval_figures(self) -> Path:
         return self.eval / "figures"
 

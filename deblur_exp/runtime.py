@@ -179,9 +179,20 @@ class TimeBudget:
 
     def __init__(self, seconds: float | None, spent_before: float = 0.0):
         self.seconds, self.spent_before, self.started = seconds, spent_before, time.perf_counter()
+        self.paused_for = 0.0
 
     def spent(self) -> float:
-        return self.spent_before + time.perf_counter() - self.started
+        return self.spent_before + time.perf_counter() - self.started - self.paused_for
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time inside is not counted: work that is not training (eval.every's scoring), so that a run's budget
+        buys the same training with or without it."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_for += time.perf_counter() - started
 
     def expired(self) -> bool:
         return self.seconds is not None and self.spent() >= self.seconds

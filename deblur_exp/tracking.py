@@ -39,23 +39,24 @@ class _NoWriter:
 
 
 class MetricsTable:
-    """metrics.csv, one row per epoch; on resume, rows past the checkpoint's epoch are dropped."""
+    """A CSV table of rows keyed by epoch (metrics.csv; eval/during_training.csv), each row on disk as soon as it
+    is appended; on resume, rows past the checkpoint's epoch are dropped."""
 
-    def __init__(self, path: Path, keep_through_epoch: int):
-        self.path = path
+    def __init__(self, path: Path, keep_through_epoch: int, fields: list[str] = METRIC_FIELDS):
+        self.path, self.fields = path, fields
         rows = []
         if path.exists() and keep_through_epoch > 0:
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
         with atomic_write(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, METRIC_FIELDS)
+            writer = csv.DictWriter(f, fields)
             writer.writeheader()
             writer.writerows(rows)
 
     def append(self, row: dict[str, Any]) -> None:
         try:
             with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, METRIC_FIELDS).writerow(row)
+                csv.DictWriter(f, self.fields).writerow(row)
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
@@ -158,7 +159,8 @@ def log_run_end(run: RunDir, summary: dict, figures: bool) -> None:
                      f"input ({scores['psnr_degraded']:.2f} dB) on {scores['images']} image(s)")
     if summary["stopped_by"] == "max_time":
         lines.append(f"  stopped by trainer.max_time after {summary['epochs']} epochs")
-    shown = [run.curves, *([run.eval_figures] if figures and summary["eval"] else []), run.metrics, run.checkpoint()]
+    shown = [run.curves, *([run.eval_figures] if figures and summary["eval"] else []), run.metrics,
+             *([run.during_training] if run.during_training.is_file() else []), run.checkpoint()]
     names = [f"{p.relative_to(run.path).as_posix()}{'/' if p.suffix == '' else ''}" for p in shown]
     lines.append(f"  run folder: {run.path} ({', '.join(names)})")
     lines.append(f"  look at it: tensorboard --logdir {run.tensorboard}")

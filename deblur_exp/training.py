@@ -28,7 +28,7 @@ from deblur_exp.checkpoint import load_init_weights, load_resume_state, save_che
 from deblur_exp.config import check_config, parse_duration
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import bar_off, evaluate_run
+from deblur_exp.evaluation import ScoresDuringTraining, bar_off, evaluate_run
 from deblur_exp.graphed_step import Step, autotune_then_freeze, eager_step, graphed, portable_optimizer_state
 from deblur_exp.losses import LOSSES
 from deblur_exp.metrics import batch_psnr
@@ -93,8 +93,13 @@ def _train(cfg: DictConfig, run: RunDir) -> float:
             log.info("the run has trained all its %d epochs: nothing left to train (trainer.epochs=N trains it "
                      "longer); evaluating it again", progress.epoch)
     metrics, writer = open_tracking(cfg, run, dist, progress.epoch)
+    e = cfg.eval
+    held_out_images = (load_held_out(data_cfg, held_out) if dist.is_main and e.held_out and (e.enabled or e.every)
+                       else [])
+    during = (ScoresDuringTraining.open(cfg, run, parts.model, device, held_out_images, progress.epoch)
+              if dist.is_main else None)
     stopped_by = run_epochs(cfg, run, parts, numerics, (train_set, val_set, val_shard), generator, progress,
-                            metrics, writer)
+                            metrics, writer, during)
 
     log.info("done: best val PSNR %.3f dB at epoch %d; checkpoints in %s", progress.best_psnr, progress.best_epoch,
              run.checkpoints)
@@ -103,12 +108,16 @@ def _train(cfg: DictConfig, run: RunDir) -> float:
         return progress.best_psnr
     eval_summary = {}
     if cfg.eval.enabled:
-        held_out_images = [im for im in image_source(data_cfg).load(1) if im.name in held_out]
         eval_summary = evaluate_run(cfg, run, device, writer, held_out_images, step=t.epochs)
     summary = write_run_summary(cfg, run, writer, count_parameters(parts.model), progress.best_psnr,
                                 progress.best_epoch, eval_summary, stopped_by, device)
     writer.close()
     return objective_value(summary, cfg.objective)
+
+
+def load_held_out(data_cfg, held_out: list[str]) -> list:
+    """The whole images that data.split=image held out of training (none under the patch split)."""
+    return [im for im in image_source(data_cfg).load(1) if im.name in held_out] if held_out else []
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -219,9 +228,9 @@ def resume_progress(run: RunDir, cfg: DictConfig, parts: Parts, numerics: Numeri
 
 # ----------------------------------------------------------------------------------------------- epochs
 def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, data, generator: torch.Generator,
-               progress: Progress, metrics, writer) -> str:
-    """Train, validate, record and checkpoint epoch after epoch; returns what stopped training: "epochs" or
-    "max_time". A SIGINT/SIGTERM saves last.pt and raises TrainingInterrupted."""
+               progress: Progress, metrics, writer, during: ScoresDuringTraining | None = None) -> str:
+    """Train, validate, record (``during``: eval.every's test-set scores) and checkpoint epoch after epoch; returns
+    what stopped training: "epochs" or "max_time". A SIGINT/SIGTERM saves last.pt and raises TrainingInterrupted."""
     t, dist = cfg.trainer, numerics.dist
     train_set, val_set, val_shard = data
     plan = EpochPlan(t.batch_size, t.epochs, t.limit_train_batches, t.progress, cfg.data.augment)
@@ -273,6 +282,10 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
                 writer.add_image(SAMPLES_TAG,
                                  image_grid(parts.model, val_set, t.num_image_samples, numerics.autocast,
                                             numerics.channels_last), epoch)
+            # before the checkpoints, like metrics.csv's row: a kill in between redoes the epoch and its scores
+            if during is not None and during.due(epoch, last=epoch == t.epochs or budget.expired()):
+                with budget.paused():
+                    during.score(epoch, writer)
             writer.flush()
 
             # best.pt before last.pt: a kill in between resumes from the previous epoch and redoes this one.

@@ -98,6 +98,7 @@ def test_schema_rejects_typos_and_wrong_types(make_cfg, override, key):
     ("trainer.loss=huber", "trainer.loss: must be one of mse, l1"),
     ("data.split=random", "data.split: must be one of patch, image"),
     ("eval.checkpoint=worst", "eval.checkpoint: must be one of best, last"),
+    ("eval.every=0", "eval.every: must be a positive number of epochs, or null"),
 ])
 def test_out_of_range_values_name_the_key(make_cfg, override, message):
     with pytest.raises(DeblurError, match=message):

@@ -63,6 +63,19 @@ def test_the_hook_follows_epochs_or_the_time_budget_whichever_is_further_along()
     assert schedule_hook(plateau, 1, 6, half_spent) is None  # stepped once per epoch on the val loss instead
 
 
+def test_paused_time_is_not_spent(monkeypatch):
+    """eval.every's scoring runs inside budget.paused(): a run with it trains as long as one without."""
+    import deblur_exp.runtime as runtime
+
+    clock = iter([0.0, 10.0, 40.0, 54.0, 55.0])  # start; paused from 10 s to 40 s; then read at 54 s and 55 s
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: next(clock))
+    budget = TimeBudget(30.0, spent_before=5.0)
+    with budget.paused():
+        pass
+    assert budget.spent() == 5.0 + 54.0 - 30.0  # 29 s: the 30 paused seconds left out
+    assert budget.expired()  # 30 s at 55 s
+
+
 def test_charbonnier_is_a_smooth_l1():
     torch.manual_seed(0)
     restored, sharp = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)

@@ -51,25 +51,71 @@ def test_tiny_run_writes_every_artefact(make_cfg, tmp_path):
     assert groups[:2] == ["loss", "psnr"] and groups[-2:] == ["summary", "whole_images"]
 
 
+def train_whole_and_resumed(make_cfg, tmp_path, monkeypatch, overrides, before_resume=None):
+    """(a run trained without a stop, the same run stopped after epoch 1 and resumed); ``before_resume(folder)``
+    may damage the stopped run as a kill would."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(make_cfg(overrides, whole))
+    interrupt_after_epoch(monkeypatch, 1)
+    with pytest.raises(TrainingInterrupted):
+        train(make_cfg(overrides, split))
+    if before_resume is not None:
+        before_resume(split)
+    train(make_cfg([*overrides, f"resume={split}"], tmp_path / "ignored"))
+    return whole, split
+
+
 @pytest.mark.parametrize("scheduler, augment", [("cosine", False), ("plateau", False), ("cosine", True)])
 def test_resume_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch, scheduler, augment):
     # deblurcnn with the seed's dropout: RNG state matters; cosine sets the rate every step from the share of the
     # run; data.augment draws a view per batch from the shuffling generator
     overrides = [*TINY, "model=deblurcnn", "trainer.dropout=0.2", "trainer.epochs=3", f"scheduler={scheduler}",
                  f"data.augment={str(augment).lower()}"]
-    whole = tmp_path / "whole"
-    train(make_cfg(overrides, whole))
-    split = tmp_path / "split"
-    interrupt_after_epoch(monkeypatch, 1)
-    with pytest.raises(TrainingInterrupted):
-        train(make_cfg(overrides, split))
-    train(make_cfg([*overrides, f"resume={split}"], tmp_path / "ignored"))
+    whole, split = train_whole_and_resumed(make_cfg, tmp_path, monkeypatch, overrides)
     a = load_checkpoint(whole / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(split / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     drop_timing = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")}
                                 for r in rows]
     assert drop_timing(read_metrics(whole)) == drop_timing(read_metrics(split))
+
+
+def read_during_training(run_dir):
+    with open(run_dir / "eval" / "during_training.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_eval_every_scores_the_sets_as_the_model_trains(make_cfg, tmp_path):
+    """eval.every=2 over 3 epochs scores the held-out image after epochs 2 and 3 (the last): rows in
+    eval/during_training.csv and psnr/held_out in TensorBoard; the last row is the end-of-run score of last.pt."""
+    import json
+
+    run_dir = tmp_path / "run"
+    train(make_cfg([*TINY, "trainer.epochs=3", "eval.every=2", "eval.checkpoint=last"], run_dir))
+    rows = read_during_training(run_dir)
+    assert [(r["epoch"], r["set"], r["images"]) for r in rows] == [("2", "held_out", "1"), ("3", "held_out", "1")]
+    final = json.loads((run_dir / "eval" / "summary.json").read_text())["held_out"]
+    assert {k: float(rows[-1][k]) for k in final if k != "images"} == {k: v for k, v in final.items() if k != "images"}
+    assert rows[0]["psnr_restored"] != rows[1]["psnr_restored"]  # the weights as they were at each epoch
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("psnr/held_out")] == [2, 3]
+    assert [e.value for e in events.Scalars("psnr/held_out_degraded")] == pytest.approx(
+        [float(r["psnr_degraded"]) for r in rows])
+    assert "eval/during_training.csv" in (run_dir / "train.log").read_text()  # the run's closing lines point at it
+
+
+def test_eval_every_rows_survive_a_resume(make_cfg, tmp_path, monkeypatch):
+    """A run stopped after epoch 1 and resumed has the rows of an uninterrupted one, also when a kill left a row
+    past its checkpoint (scored, then killed before last.pt was saved): the resume drops it and scores again."""
+    overrides = [*TINY, "trainer.epochs=3", "eval.every=1"]
+
+    def kill_after_scoring(split):  # what a kill between epoch 2's scoring and its checkpoint leaves
+        with open(split / "eval" / "during_training.csv", "a") as f:
+            f.write("2,held_out,1,0,0,0,0\n")
+
+    whole, split = train_whole_and_resumed(make_cfg, tmp_path, monkeypatch, overrides, kill_after_scoring)
+    assert read_during_training(split) == read_during_training(whole)
+    assert [r["epoch"] for r in read_during_training(whole)] == ["1", "2", "3"]
 
 
 def test_resume_refuses_another_architecture(make_cfg, tmp_path):
