@@ -18,6 +18,7 @@ from deblur_exp.tables import write_json
 PREFIX = "pretrained:"
 FOLDER = Path(__file__).resolve().parent / "weights"
 MANIFEST = "manifest.json"
+DEGRADED = "_degraded"  # the suffix of a score key that holds the degraded input's figure
 
 
 def manifest() -> dict[str, dict]:
@@ -54,10 +55,32 @@ def pretrained_path(target: str) -> Path:
     return path
 
 
+def weak_model_note(target: str) -> str | None:
+    """For ``pretrained:<name>`` models that restore Set5 worse than its degraded input (the seed-recipe models
+    trained 4 CPU minutes: README, Pretrained models): a note naming the figures and the best model shipped for
+    the same scoring; None for every other model."""
+    entries = manifest()
+    entry = entries.get(target[len(PREFIX):]) if is_pretrained(target) else None
+    key = next((k for k in (entry or {}).get("scores", {}) if k.startswith("Set5_psnr_") and
+                not k.endswith(DEGRADED)), None)
+    if key is None or entry["scores"].get(key + DEGRADED) is None:
+        return None
+    restored, degraded = entry["scores"][key], entry["scores"][key + DEGRADED]
+    if restored >= degraded:
+        return None
+    best = max((n for n, e in entries.items() if key in e.get("scores", {})), key=lambda n: entries[n]["scores"][key])
+    trained = entry.get("trained", {})
+    return (f"note: {target} restores Set5 to {restored:.2f} dB, below the {degraded:.2f} dB of the degraded input "
+            f"itself: it trained {trained.get('epochs', '?')} epoch(s) in {trained.get('train_time_s', 0) / 60:.1f} "
+            f"min on {trained.get('device', '?')}, too little for this architecture; {PREFIX}{best} "
+            f"({entries[best]['scores'][key]:.2f} dB) is the best shipped model for this degradation")
+
+
 def export(checkpoint: Path, name: str, trained: dict, scores: dict) -> dict:
     """Write ``checkpoint``'s weights as ``weights/<name>.pt`` and pin it in the manifest.
 
-    ``trained`` says how it was trained (recipe, epochs, device, time); ``scores`` its published test scores.
+    ``trained`` says how it was trained (recipe, epochs, device, time); ``scores`` its published test scores
+    (``<set>_psnr_<protocol>``, and the degraded input's under the same key + ``_degraded``).
     """
     state = load_checkpoint(checkpoint)
     path = FOLDER / f"{name}.pt"

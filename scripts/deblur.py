@@ -25,6 +25,7 @@ from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import IMAGE_FIELDS, bar_off, load_restorer, score_image
 from deblur_exp.figures import before_after, three_panel
 from deblur_exp.metrics import describe_scores
+from deblur_exp.pretrained import weak_model_note
 from deblur_exp.restore import restore_photo, to_uint8
 from deblur_exp.run_dir import find_checkpoints
 from deblur_exp.tables import write_csv
@@ -94,6 +95,9 @@ def main() -> int:
     device = resolve_device(args.device)
     checkpoint = find_checkpoints(args.model)[0]
     restorer = load_restorer(checkpoint, device)
+    note = weak_model_note(args.model)  # a photo shows no score: say so when a shipped model is weaker than its input
+    if note:
+        print(note)
     args.out = args.out or default_output_dir("restored")
     problems: list[str] = []
     files = expand_inputs(args.inputs, problems)

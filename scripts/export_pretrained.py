@@ -23,7 +23,7 @@ from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation import evaluate_set, load_restorer, summarize
 from deblur_exp.run_dir import RunDir, run_checkpoint
 from deblur_exp.tables import markdown_table
-from deblur_exp.pretrained import FOLDER, PREFIX, export
+from deblur_exp.pretrained import DEGRADED, FOLDER, PREFIX, export
 from deblur_exp.report import find_runs, load_run
 
 SETS = ("Set5", "Set14")
@@ -60,8 +60,8 @@ def main() -> int:
     for run, name in zip(runs, names):
         checkpoint = run_checkpoint(run.folder)
         restorer = load_restorer(checkpoint, "cpu", label=run.arch)
-        scores = {set_name: summarize(evaluate_set(restorer, images, "cpu", progress=False, **restorer.protocol)[0])[
-            "psnr_restored"] for set_name, images in sets.items()}
+        scores = {set_name: summarize(evaluate_set(restorer, images, "cpu", progress=False, **restorer.protocol)[0])
+                  for set_name, images in sets.items()}
         scored_in = protocol_label(restorer)
         s = run.summary
         overrides = yaml.safe_load(RunDir(run.folder).overrides.read_text()) or []
@@ -69,9 +69,11 @@ def main() -> int:
                    "stopped_by": s.get("stopped_by", "epochs"), "max_time_s": s.get("max_time_s"),
                    "train_time_s": s["train_time_s"], "device": s.get("device"), "run": run.folder.name}
         suffix = scored_in.lower().replace(", ", "_").replace(" ", "")
-        entry = export(checkpoint, name, trained, {f"{k}_psnr_{suffix}": round(v, 4) for k, v in scores.items()})
+        published = {f"{k}_psnr_{suffix}{which}": round(v[f"psnr{column}"], 4) for k, v in scores.items()
+                     for which, column in (("", "_restored"), (DEGRADED, "_degraded"))}
+        entry = export(checkpoint, name, trained, published)
         rows.append([f"`{PREFIX}{name}`", s["epochs"], f"{s['train_time_s'] / 60:.1f} min", s.get("device"),
-                     f"{scores['Set5']:.2f}", f"{scores['Set14']:.2f}", f"{entry['bytes'] / 2**20:.2f} MiB",
+                     f"{scores['Set5']['psnr_restored']:.2f}", f"{scores['Set14']['psnr_restored']:.2f}", f"{entry['bytes'] / 2**20:.2f} MiB",
                      scored_in])
     print(markdown_table(["model", "epochs", "train time", "device", "Set5 PSNR", "Set14 PSNR", "size", "scored in"],
                          rows))
