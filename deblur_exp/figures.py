@@ -125,13 +125,19 @@ def zoomed_comparison(path: Path, rows: list[list[tuple[str, np.ndarray]]], box:
 
 @_drawn_alone
 def learning_curves(path: Path, runs: dict[str, list[dict]], baselines: dict[str, float] | None = None,
-                    title: str | None = None) -> None:
+                    title: str | None = None, during: dict[str, list[dict]] | None = None) -> None:
     """Validation PSNR per epoch for every run on one axes (with the degraded input's PSNR as dashed lines),
     and train (solid) / validation (dashed) loss per epoch in the same colours: the seed notebook's two plots,
     for one run or a whole sweep. ``runs`` maps a label to its metrics.csv rows; ``baselines`` a label to a
-    degraded-input PSNR. One legend, beside the plots, so that it never hides a curve."""
-    fig, (ax_psnr, ax_loss) = plt.subplots(1, 2, figsize=(14, 4.8))
+    degraded-input PSNR; ``during`` a label to its eval/during_training.csv rows (eval.every), drawn on a third
+    axes when any run has them. One legend, beside the plots, so that it never hides a curve."""
+    during = {label: rows for label, rows in (during or {}).items() if rows}
+    fig, axes = plt.subplots(1, 3 if during else 2, figsize=(21 if during else 14, 4.8))
+    ax_psnr, ax_loss = axes[:2]
     colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
+    if during:
+        whole_image_curves(axes[2], {label: (colours[i % len(colours)], during.get(label, []))
+                              for i, label in enumerate(runs)})
     for i, (label, rows) in enumerate(runs.items()):
         colour = colours[i % len(colours)]
         epochs = [int(r["epoch"]) for r in rows]
@@ -144,7 +150,7 @@ def learning_curves(path: Path, runs: dict[str, list[dict]], baselines: dict[str
         ax_psnr.axhline(value, color="grey", linestyle=(0, (4, 2 + 2 * i)), linewidth=1, label=label)
     ax_psnr.set(xlabel="epoch", ylabel="validation PSNR (dB)", title="validation PSNR (mean over patches)")
     ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="train (solid) and validation (dashed) loss")
-    for ax in (ax_psnr, ax_loss):
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.legend(*ax_psnr.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
@@ -152,3 +158,27 @@ def learning_curves(path: Path, runs: dict[str, list[dict]], baselines: dict[str
         fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+SET_STYLES = ("-", "--", ":", "-.")  # one line style per scored set, the run's colour for the run
+
+
+def whole_image_curves(ax, runs: dict[str, tuple]) -> None:
+    """Whole-image PSNR per set as each run trained (label -> (colour, during_training rows)), with each set's
+    degraded input as a thin grey line in the set's style."""
+    sets = list(dict.fromkeys(r["set"] for _, rows in runs.values() for r in rows))
+    degraded = {}
+    for colour, rows in runs.values():
+        for style, set_name in zip(SET_STYLES * len(sets), sets):
+            scored = [r for r in rows if r["set"] == set_name]
+            if scored:
+                ax.plot([int(r["epoch"]) for r in scored], [float(r["psnr_restored"]) for r in scored], color=colour,
+                        linestyle=style, marker="o", markersize=3)
+                degraded[set_name] = float(scored[0]["psnr_degraded"])
+    for style, set_name in zip(SET_STYLES * len(sets), sets):
+        if set_name in degraded:
+            ax.axhline(degraded[set_name], color="grey", linestyle=style, linewidth=1)
+    ax.set(xlabel="epoch", ylabel="PSNR (dB)", title="whole-image PSNR during training (grey: degraded input)")
+    key = [plt.Line2D([], [], color="black", linestyle=style, label=name)
+           for style, name in zip(SET_STYLES * len(sets), sets)]
+    ax.legend(handles=key, fontsize=8, loc="best")  # the sets by line style; the runs share the figure's legend

@@ -10,7 +10,6 @@ leaves the failed jobs in ``FAILED_JOBS``, from which scripts/train.py takes its
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -209,8 +208,9 @@ def metrics_rows(job: Path) -> list[dict]:
     metrics = RunDir(job).metrics
     if not metrics.is_file():
         raise DeblurError(f"{job}: no metrics.csv (did the job start?)")
-    with open(metrics, newline="") as f:
-        return list(csv.DictReader(f))
+    from deblur_exp.tables import read_csv
+
+    return read_csv(metrics)
 
 
 def epoch_times(job: Path) -> list[float]:

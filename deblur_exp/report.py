@@ -7,7 +7,6 @@ protocols people compare with: RGB (the seed notebook's) and the super-resolutio
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import platform
@@ -28,7 +27,7 @@ from deblur_exp.figures import detail_box, learning_curves, zoomed_comparison
 from deblur_exp.metrics import IMAGE_METRICS
 from deblur_exp.restore import restore_image
 from deblur_exp.run_dir import RunDir, run_checkpoint
-from deblur_exp.tables import markdown_table, write_csv, write_text
+from deblur_exp.tables import markdown_table, read_csv, write_csv, write_text
 
 # What the seed notebook reported for its five models (202 epochs, experiment=seed). Its validation PSNR is the
 # PSNR of each batch's MSE, averaged over batches; ours is the mean of per-patch PSNR (a little lower on the
@@ -52,6 +51,7 @@ class RunResult:
     restorer: Restorer  # on the CPU until scored
     metrics: list[dict]
     recipe: str
+    during: list[dict] = field(default_factory=list)  # eval/during_training.csv's rows (eval.every), if any
     scores: dict[str, dict[str, float]] = field(default_factory=dict)  # "<set>_<protocol>" -> means
     compare: np.ndarray | None = None  # the restored comparison image
     compare_psnr: float = math.nan
@@ -105,9 +105,9 @@ def load_run(folder: Path) -> RunResult:
     run = RunDir(folder)
     summary = json.loads(run.summary.read_text())
     restorer = load_restorer(run_checkpoint(folder), label=summary["model"])
-    with open(run.metrics, newline="") as f:
-        metrics = list(csv.DictReader(f))
-    return RunResult(folder, summary, restorer, metrics, recipe_of(folder, restorer.config))
+    during = read_csv(run.during_training) if run.during_training.is_file() else []
+    return RunResult(folder, summary, restorer, read_csv(run.metrics), recipe_of(folder, restorer.config),
+                     during=during)
 
 
 def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_crop: int, compare: str,
@@ -255,7 +255,8 @@ def write_figures(out: Path, runs: list[RunResult], baseline: dict, compare: str
         value = run.summary.get("val_psnr_degraded")
         if value is not None:
             baselines[f"degraded input ({run.recipe})"] = value
-    learning_curves(out / "curves.png", {r.label: r.metrics for r in runs}, baselines)
+    learning_curves(out / "curves.png", {r.label: r.metrics for r in runs}, baselines,
+                    during={r.label: r.during for r in runs})
     shown = baseline.get("compare")
     if shown is None:
         return

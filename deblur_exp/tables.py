@@ -19,6 +19,12 @@ def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
         writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
 
 
+def read_csv(path: Path) -> list[dict]:
+    """A table's rows as dicts of strings (metrics.csv, eval/during_training.csv, ...)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically (temp file + rename)."""
     with atomic_write(path, "w") as f:

@@ -22,7 +22,7 @@ from deblur_exp.figures import learning_curves
 from deblur_exp.metrics import IMAGE_METRICS
 from deblur_exp.run_dir import RunDir
 from deblur_exp.runtime import Distributed, describe_device
-from deblur_exp.tables import write_json
+from deblur_exp.tables import read_csv, write_json
 
 log = logging.getLogger("deblur_exp")
 
@@ -113,8 +113,7 @@ def objective_value(summary: dict, objective: str) -> float:
 def write_run_summary(cfg, run: RunDir, writer, parameters: int, best_psnr: float, best_epoch: int,
                       eval_summary: dict, stopped_by: str = "epochs", device: torch.device | None = None) -> dict:
     """summary.json (read by the sweep summary) and the TensorBoard HPARAMS entry for this run; returns the summary."""
-    with open(run.metrics, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(run.metrics)
     summary = {
         "model": cfg.model.name, "parameters": parameters, "best_val_psnr": best_psnr, "best_epoch": best_epoch,
         "epochs": len(rows), "train_time_s": round(sum(float(r["epoch_time_s"]) for r in rows), 2),
@@ -128,7 +127,9 @@ def write_run_summary(cfg, run: RunDir, writer, parameters: int, best_psnr: floa
     }
     write_json(run.summary, summary)
     baseline = {"degraded input": summary["val_psnr_degraded"]} if rows else {}
-    learning_curves(run.curves, {cfg.model.name: rows}, baseline, title=run.path.name)
+    during = read_csv(run.during_training) if run.during_training.is_file() else []
+    learning_curves(run.curves, {cfg.model.name: rows}, baseline, title=run.path.name,
+                    during={cfg.model.name: during})
     log_run_end(run, summary, figures=cfg.eval.figures)
     hparams = {
         "model": cfg.model.name, "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "lr": cfg.optimizer.lr,

@@ -4,8 +4,8 @@
 
 Each run's checkpoint (its eval.checkpoint: best.pt unless the run chose last) is scored on whole images of the test sets in RGB and in Y with a 3-pixel crop
 (the super-resolution protocol), beside the degraded input and the seed notebook's reported figures. Writes
-DIR/results.md (and results.csv), DIR/curves.png (validation PSNR and losses per epoch, every run on one axes)
-and DIR/compare_<image>.png (each model's restoration of one image with a zoomed crop).
+DIR/results.md (and results.csv), DIR/curves.png (validation PSNR and losses per epoch, every run on one axes;
+whole-image PSNR per set too for runs trained with eval.every) and DIR/compare_<image>.png (each model's restoration of one image with a zoomed crop).
 """
 
 from __future__ import annotations

@@ -11,17 +11,19 @@ from deblur_exp.config import DegradationConfig
 from deblur_exp.data.degrade import degrade
 from deblur_exp.data.images import read_folder
 from deblur_exp.metrics import psnr
+from deblur_exp.report import load_run
 from deblur_exp.runtime import resolve_precision
 from tests.conftest import TINY, dataset, run_script
 
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    """Two architectures, two epochs each, scored on Set5 after training (RGB) by the runs themselves."""
+    """Two architectures, two epochs each, scored on Set5 after training (RGB) by the runs themselves, and once
+    during training (eval.every=2: after the last epoch)."""
     root = tmp_path_factory.mktemp("sweep")
     set5 = dataset("Set5")
     result = run_script("train.py", "-m", "model=srcnn,deblurcnn_res", *TINY, "eval.sets=[Set5]",
-                        "eval.figures=false", env={"DEBLUR_OUTPUT_DIR": str(root),
+                        "eval.figures=false", "eval.every=2", env={"DEBLUR_OUTPUT_DIR": str(root),
                                                    "DEBLUR_DATA_DIR": str(set5.parent)})
     assert result.returncode == 0, result.stderr
     (folder,) = (root / "multirun").glob("*/*")
@@ -52,6 +54,8 @@ def test_report_tables_figures_and_scores_agree_with_the_runs(tiny_sweep, tmp_pa
         assert row["recipe"] == ("defaults: degrade per image, split by image; WarmupCosine, lr 0.0003, batch 8, mse, "
                                  f"{precision}{dropout}")
         assert (job / "curves.png").stat().st_size > 0  # every run draws its own curves when it ends
+        during = [(r["epoch"], r["set"]) for r in load_run(job).during]  # what the report's curves.png draws
+        assert during == [("2", "Set5"), ("2", "held_out")]
 
     # The degraded-input row, in the SR protocol, computed here independently
     images, _ = read_folder(set5)
@@ -99,6 +103,27 @@ def test_report_refuses_a_folder_without_finished_runs(tmp_path):
     result = run_script("report.py", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--device", "cpu")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "holds no finished run" in result.stderr
+
+
+def test_curves_add_whole_image_scores_when_runs_have_them(monkeypatch, tmp_path):
+    """eval.every's rows become a third axes: a line per run and set (the run's colour, the set's style) and each
+    set's degraded input in grey; runs without them keep the seed's two plots."""
+    import deblur_exp.figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    metrics = [{"epoch": str(e), "train_loss": "0.01", "val_loss": "0.02", "val_psnr": "30"} for e in (1, 2)]
+    during = [{"epoch": str(e), "set": s, "psnr_restored": str(26 + e), "psnr_degraded": d}
+              for e in (1, 2) for s, d in (("Set5", "25.98"), ("Set14", "23.87"))]
+    figures.learning_curves(tmp_path / "a.png", {"a": metrics, "b": metrics}, during={"a": during, "b": []})
+    figures.learning_curves(tmp_path / "b.png", {"a": metrics}, during={"a": []})
+    with_scores, without = drawn
+    assert len(without.axes) == 2 and len(with_scores.axes) == 3
+    scores = with_scores.axes[2]
+    lines = [(line.get_linestyle(), list(line.get_ydata())) for line in scores.get_lines()]
+    assert lines[:2] == [("-", [27.0, 28.0]), ("--", [27.0, 28.0])]  # run a: Set5 solid, Set14 dashed
+    assert [(style, y[0]) for style, y in lines[2:]] == [("-", 25.98), ("--", 23.87)]  # the degraded inputs
+    assert [t.get_text() for t in scores.get_legend().get_texts()] == ["Set5", "Set14"]
 
 
 def test_the_zoom_goes_where_the_detail_is():
