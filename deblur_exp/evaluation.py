@@ -256,7 +256,7 @@ class ScoresDuringTraining:
         from deblur_exp.tracking import MetricsTable
 
         e = cfg.eval
-        self.every, self.sets, self.device = e.every, sets, device
+        self.sets, self.device = sets, device
         self.options = dict(tile=e.tile, tile_overlap=e.tile_overlap, self_ensemble=e.self_ensemble,
                             y_channel=e.y_channel, crop_border=e.crop_border)
         degradation = DegradationConfig(**OmegaConf.to_container(cfg.degradation, resolve=True))
@@ -280,9 +280,6 @@ class ScoresDuringTraining:
         log.info("eval.every=%d: scoring %s every %d epochs and after the last (eval/during_training.csv)",
                  cfg.eval.every, ", ".join(sets), cfg.eval.every)
         return cls(cfg, run, model, device, sets, start_epoch)
-
-    def due(self, epoch: int, last: bool) -> bool:
-        return last or epoch % self.every == 0
 
     def score(self, epoch: int, writer) -> None:
         """Score every set with the model as it is now (it is left in eval mode; training sets its own mode)."""

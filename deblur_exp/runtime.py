@@ -58,13 +58,20 @@ class Distributed:
         device = "cuda" if torch_distributed.get_backend() == "nccl" else "cpu"
         return bool(self.all_sum(torch.tensor([float(flag)], device=device))[0] > 0)
 
+    def barrier(self) -> None:
+        """Wait until every process gets here; a no-op for a single process."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def finish(self) -> None:
         """Leave the process group together once training is over on every rank (before rank 0 evaluates alone):
         a rank exiting with Gloo threads still alive can abort at shutdown. A no-op for a single process."""
         if self.world > 1:
             import torch.distributed as dist
 
-            dist.barrier()
+            self.barrier()
             dist.destroy_process_group()
 
     def shard(self, order: torch.Tensor) -> torch.Tensor:

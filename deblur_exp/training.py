@@ -282,10 +282,14 @@ def run_epochs(cfg: DictConfig, run: RunDir, parts: Parts, numerics: Numerics, d
                 writer.add_image(SAMPLES_TAG,
                                  image_grid(parts.model, val_set, t.num_image_samples, numerics.autocast,
                                             numerics.channels_last), epoch)
-            # before the checkpoints, like metrics.csv's row: a kill in between redoes the epoch and its scores
-            if during is not None and during.due(epoch, last=epoch == t.epochs or budget.expired()):
+            # eval.every: before the checkpoints, like metrics.csv's row (a kill in between redoes the epoch and its
+            # scores); every rank takes the decision and pauses its budget alike, while rank 0 scores
+            every = cfg.eval.every
+            if every and (epoch % every == 0 or epoch == t.epochs or dist.any_rank(budget.expired())):
                 with budget.paused():
-                    during.score(epoch, writer)
+                    if during is not None:
+                        during.score(epoch, writer)
+                    dist.barrier()
             writer.flush()
 
             # best.pt before last.pt: a kill in between resumes from the previous epoch and redoes this one.

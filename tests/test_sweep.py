@@ -153,7 +153,7 @@ def test_the_recipe_search_maximises_the_held_out_psnr(tmp_path):
 def test_torchrun_two_process_gloo_run_lands_in_one_folder(tmp_path):
     env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     cmd = [shutil.which("torchrun"), "--standalone", "--nproc_per_node=2", str(REPO_ROOT / "scripts" / "train.py"),
-           *QUICK, "trainer.epochs=2", "model=srcnn"]
+           *QUICK, "trainer.epochs=2", "model=srcnn", "eval.every=1"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (tmp_path / "runs").glob("*/*")  # one run folder, written by rank 0 only
@@ -168,6 +168,9 @@ def test_torchrun_two_process_gloo_run_lands_in_one_folder(tmp_path):
     # two ranks x 2 steps x batch 8: each epoch saw 32 samples, reduced across ranks
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     assert log.count("epoch 1/2") == 1  # logged once, by rank 0
+    # eval.every: rank 0 scores while the other rank waits (no deadlock), one row per epoch
+    during = csv.DictReader((run / "eval" / "during_training.csv").read_text().splitlines())
+    assert [r["epoch"] for r in during] == ["1", "2"]
 
 
 def test_job_names_show_only_the_swept_values(tmp_path):
