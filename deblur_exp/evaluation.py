@@ -243,11 +243,12 @@ def evaluate_run(cfg: DictConfig, run: RunDir, device, writer, held_out, step: i
 
 class ScoresDuringTraining:
     """``eval.every=N``: the eval sets scored with the weights as they train, every N epochs and after the last,
-    under the end-of-run protocol (eval.y_channel, crop_border, tile, self_ensemble) but without figures. Each
-    scoring appends one row per set to eval/during_training.csv and TensorBoard's <metric>/<set> (psnr/Set5 beside
-    psnr/val, with psnr/Set5_degraded as the line to beat), so a user sees when a test set stops improving (or falls while the validation patches still rise) without
-    copying checkpoints out of a running job. The row of the epoch a checkpoint holds equals that checkpoint's
-    end-of-run score."""
+    under the end-of-run protocol (eval.y_channel, crop_border, tile, self_ensemble) but without figures.
+
+    Each scoring appends one row per set to eval/during_training.csv and TensorBoard's <metric>/<set> (psnr/Set5
+    beside psnr/val, with psnr/Set5_degraded as the line to beat), so a user sees when a test set stops improving,
+    or falls while the validation patches still rise, without copying checkpoints out of a running job. The row
+    of the epoch a checkpoint holds equals that checkpoint's end-of-run score."""
 
     FIELDS = ["epoch", "set", "images", *score_fields()]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def learning_curves(path: Path, runs: dict[str, list[dict]], baselines: dict[str
     colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
     if during:
         whole_image_curves(axes[2], {label: (colours[i % len(colours)], during.get(label, []))
-                              for i, label in enumerate(runs)})
+                                     for i, label in enumerate(runs)})
     for i, (label, rows) in enumerate(runs.items()):
         colour = colours[i % len(colours)]
         epochs = [int(r["epoch"]) for r in rows]
@@ -165,20 +166,20 @@ SET_STYLES = ("-", "--", ":", "-.")  # one line style per scored set, the run's 
 
 def whole_image_curves(ax, runs: dict[str, tuple]) -> None:
     """Whole-image PSNR per set as each run trained (label -> (colour, during_training rows)), with each set's
-    degraded input as a thin grey line in the set's style."""
+    degraded input as a thin grey line in the set's style (one per distinct value: runs of other degradations
+    or protocols have their own)."""
     sets = list(dict.fromkeys(r["set"] for _, rows in runs.values() for r in rows))
-    degraded = {}
+    styles = dict(zip(sets, itertools.cycle(SET_STYLES)))
+    degraded = {}  # (set, value) in the order met: a dict as an ordered set
     for colour, rows in runs.values():
-        for style, set_name in zip(SET_STYLES * len(sets), sets):
+        for set_name, style in styles.items():
             scored = [r for r in rows if r["set"] == set_name]
             if scored:
                 ax.plot([int(r["epoch"]) for r in scored], [float(r["psnr_restored"]) for r in scored], color=colour,
                         linestyle=style, marker="o", markersize=3)
-                degraded[set_name] = float(scored[0]["psnr_degraded"])
-    for style, set_name in zip(SET_STYLES * len(sets), sets):
-        if set_name in degraded:
-            ax.axhline(degraded[set_name], color="grey", linestyle=style, linewidth=1)
+                degraded[set_name, float(scored[0]["psnr_degraded"])] = None
+    for set_name, value in degraded:
+        ax.axhline(value, color="grey", linestyle=styles[set_name], linewidth=1)
     ax.set(xlabel="epoch", ylabel="PSNR (dB)", title="whole-image PSNR during training (grey: degraded input)")
-    key = [plt.Line2D([], [], color="black", linestyle=style, label=name)
-           for style, name in zip(SET_STYLES * len(sets), sets)]
+    key = [plt.Line2D([], [], color="black", linestyle=style, label=name) for name, style in styles.items()]
     ax.legend(handles=key, fontsize=8, loc="best")  # the sets by line style; the runs share the figure's legend

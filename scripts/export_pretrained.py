@@ -73,8 +73,8 @@ def main() -> int:
                      for which, column in (("", "_restored"), (DEGRADED, "_degraded"))}
         entry = export(checkpoint, name, trained, published)
         rows.append([f"`{PREFIX}{name}`", s["epochs"], f"{s['train_time_s'] / 60:.1f} min", s.get("device"),
-                     f"{scores['Set5']['psnr_restored']:.2f}", f"{scores['Set14']['psnr_restored']:.2f}", f"{entry['bytes'] / 2**20:.2f} MiB",
-                     scored_in])
+                     f"{scores['Set5']['psnr_restored']:.2f}", f"{scores['Set14']['psnr_restored']:.2f}",
+                     f"{entry['bytes'] / 2**20:.2f} MiB", scored_in])
     print(markdown_table(["model", "epochs", "train time", "device", "Set5 PSNR", "Set14 PSNR", "size", "scored in"],
                          rows))
     print(f"written to {FOLDER}")
