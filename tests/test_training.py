@@ -104,6 +104,28 @@ def test_eval_every_scores_the_sets_as_the_model_trains(make_cfg, tmp_path):
     assert "eval/during_training.csv" in (run_dir / "train.log").read_text()  # the run's closing lines point at it
 
 
+def test_eval_every_scoring_is_not_counted_in_max_time(make_cfg, tmp_path, monkeypatch):
+    """A run with a 30-minute trainer.max_time trains all its epochs although each scoring takes an hour on the
+    clock the budget reads (time.perf_counter, moved on by the patched scoring): the scoring is paused time."""
+    import time
+
+    import deblur_exp.evaluation as evaluation
+
+    real, skipped = time.perf_counter, [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + skipped[0])
+    score = evaluation.ScoresDuringTraining.score
+
+    def an_hour_of_scoring(self, epoch, writer):
+        score(self, epoch, writer)
+        skipped[0] += 3600.0
+
+    monkeypatch.setattr(evaluation.ScoresDuringTraining, "score", an_hour_of_scoring)
+    run_dir = tmp_path / "run"
+    train(make_cfg([*TINY, "trainer.epochs=3", "eval.every=1", "trainer.max_time=30"], run_dir))
+    assert [r["epoch"] for r in read_metrics(run_dir)] == ["1", "2", "3"]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_time_s"] < 600  # the hours left out
+
+
 def test_eval_every_rows_survive_a_resume(make_cfg, tmp_path, monkeypatch):
     """A run stopped after epoch 1 and resumed has the rows of an uninterrupted one, also when a kill left a row
     past its checkpoint (scored, then killed before last.pt was saved): the resume drops it and scores again."""
