@@ -103,8 +103,8 @@ def resumed_run(cfg: DictConfig) -> Path | None:
 def forget_failed_start(cfg: DictConfig) -> None:
     """A single run that fails or is interrupted before it trains leaves nothing: a fresh run's folder goes (if it
     holds no checkpoint), and a resume=RUN attempt leaves the run's record as it was."""
-    if resumed_run(cfg):
-        RunDir(resumed_run(cfg)).discard_staged_record()
+    if (resumed := resumed_run(cfg)) is not None:
+        RunDir(resumed).discard_staged_record()
     elif not cfg.resume:
         remove_unstarted_run(Path(cfg.paths.run_dir))
 
@@ -131,8 +131,8 @@ def _run_job(cfg: DictConfig) -> float:
                 print(f"error: {message}", file=sys.stderr)
                 sys.exit(2)
             # a crash: a fresh run's folder stays (its train.log has the traceback); a resume leaves the run as it was
-            if resumed_run(cfg):
-                RunDir(resumed_run(cfg)).discard_staged_record()
+            if (resumed := resumed_run(cfg)) is not None:
+                RunDir(resumed).discard_staged_record()
             raise
         if isinstance(exc, DeblurError):
             log.error("job failed: %s", message)

@@ -46,8 +46,7 @@ class MetricsTable:
         self.path, self.fields = path, fields
         rows = []
         if path.exists() and keep_through_epoch > 0:
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_through_epoch]
+            rows = [r for r in read_csv(path) if int(r["epoch"]) <= keep_through_epoch]
         with atomic_write(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fields)
             writer.writeheader()
