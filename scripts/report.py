@@ -37,9 +37,9 @@ def main() -> int:
     args = parse_args()
     if args.y_crop < 0:
         raise DeblurError("--y-crop must be >= 0")
+    runs = [load_run(folder) for folder in find_runs(args.runs)]  # first: a typo in them is the likeliest error
     device = resolve_device(args.device)
     sets, problems = read_image_sets(args.sets, args.data_dir)
-    runs = [load_run(folder) for folder in find_runs(args.runs)]
     runs.sort(key=lambda r: r.recipe)
     make_output_dir(args.out)
     warn_if_not_shown(args.compare, sets)

@@ -98,11 +98,17 @@ def test_a_luma_only_run_is_reported_in_y_alone(tmp_path):
     assert cells[2] == "- / -" and cells[3].startswith(f"{own['psnr_restored']:.2f} / ") and cells[4:] == ["-", "-"]
 
 
-def test_report_refuses_a_folder_without_finished_runs(tmp_path):
+@pytest.mark.parametrize("folder, message", [("empty", "holds no finished run"),
+                                             ("missing", "no such run or sweep folder")])
+def test_report_refuses_a_folder_without_finished_runs(tmp_path, folder, message):
+    """The folders the user named are checked first: a typo in them is the error shown, even where the test sets
+    are missing too (here the data folder does not exist)."""
     (tmp_path / "empty").mkdir()
-    result = run_script("report.py", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--device", "cpu")
+    result = run_script("report.py", str(tmp_path / folder), "--out", str(tmp_path / "r"), "--device", "cpu",
+                        env={"DEBLUR_DATA_DIR": str(tmp_path / "no-data")})
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "holds no finished run" in result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path / folder}: {message}")
+    assert not (tmp_path / "r").exists()
 
 
 def test_curves_add_whole_image_scores_when_runs_have_them(monkeypatch, tmp_path):
