@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from deblur_exp.config import REPO_ROOT, swept_job_name
 from deblur_exp.jobs import parallel_jobs
+from deblur_exp.tables import read_csv
 from tests.conftest import TINY, run_script, write_sharp_images
 
 FIVE = "deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr"
@@ -466,7 +467,7 @@ def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path
 def divergence(job, ours, reference, stopped: str, resumed: str) -> str:
     """What a rare failure of the threaded resume needs to be understood: where the job stopped and resumed, which
     job set up first, and the first epoch whose metrics.csv row differs from the reference's."""
-    rows = [list(csv.DictReader((folder / job / "metrics.csv").open())) for folder in (ours, reference)]
+    rows = [read_csv(folder / job / "metrics.csv") for folder in (ours, reference)]
     parted = next((f"epoch {a['epoch']}: train_loss {a['train_loss']} vs {b['train_loss']}, val_loss "
                    f"{a['val_loss']} vs {b['val_loss']}" for a, b in zip(*rows)
                    if (a["train_loss"], a["val_loss"]) != (b["train_loss"], b["val_loss"])), "no metrics row differs")
