@@ -50,7 +50,8 @@ def add_eval_options(parser, *keys: str, from_checkpoints: tuple[str, ...] = ())
 
     from omegaconf import OmegaConf
 
-    from deblur_exp.config import CONF_DIR, EvalConfig
+    from deblur_exp.config import CONF_DIR
+    from deblur_exp.evaluation.scoring import EvalConfig
 
     source = CONF_DIR / "eval" / "default.yaml"
     text = source.read_text()

@@ -134,19 +134,8 @@ def autocast_for(precision: str, device: torch.device):
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-# Jobs that share one process (hydra/launcher=threads) set up one at a time: the seed, the torch thread count and
-# the backend flags are process-wide, so one job's model initialisation must not interleave with another's. CUDA-graph
-# captures (graphed_step.py) take the same turns: they switch cuDNN's autotuner off, and torch allows one at a time;
-# so do the warm-up steps before them, whose kernels cuDNN tunes then.
-SETUP_LOCK = threading.Lock()
-
-
 class StopFlag:
     """Set by SIGINT/SIGTERM: the loop finishes the step in flight, saves last.pt and exits."""
-
-    # Flags of runs in threads other than the main one: signals reach only the main thread, whose handler
-    # (stop_thread_runs, installed by hydra/launcher=threads) sets them all.
-    in_threads: set["StopFlag"] = set()
 
     def __init__(self):
         self.signum: int | None = None
@@ -156,12 +145,8 @@ class StopFlag:
 
     @contextlib.contextmanager
     def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            StopFlag.in_threads.add(self)
-            try:
-                yield self
-            finally:
-                StopFlag.in_threads.discard(self)
+        if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+            yield self
             return
         previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -169,12 +154,6 @@ class StopFlag:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def stop_thread_runs(signum, frame) -> None:
-    """Signal handler for a process that trains in threads: every run stops as it would on the signal."""
-    for flag in list(StopFlag.in_threads):
-        flag(signum, frame)
 
 
 class TimeBudget:
@@ -225,21 +204,17 @@ class TrainingInterrupted(DeblurError):
         return cls(message, 128 + stop.signum)
 
 
-def rng_state(generator: torch.Generator, dropout: torch.Generator | None = None) -> dict[str, Any]:
-    """The generators a resumed run needs: the shuffle's (``generator``), the dropout masks' and torch's own."""
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """The generators a resumed run needs: the shuffle's (``generator``) and torch's own (dropout masks)."""
     state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
-    if dropout is not None:
-        state["dropout"] = dropout.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator, dropout: torch.Generator | None = None) -> None:
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["shuffle"])
-    if dropout is not None and "dropout" in state:  # checkpoints before the run's own dropout generator lack it
-        dropout.set_state(state["dropout"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
+from typing import Any
 
-from deblur_exp.atomic import atomic_write
+from deblur_exp.atomic import atomic_write, write_failed
 from deblur_exp.metrics import IMAGE_METRICS
 
 
@@ -56,3 +58,27 @@ def table_cell(field: str, value) -> str:
 
 def _fmt(value):
     return f"{value:.4f}" if isinstance(value, float) else value
+
+
+class MetricsTable:
+    """A CSV table of rows keyed by epoch (metrics.csv; eval/during_training.csv), each row on disk as soon as it
+    is appended; on resume, rows past the checkpoint's epoch are dropped."""
+
+    def __init__(self, path: Path, keep_through_epoch: int, fields: list[str]):
+        self.path, self.fields = path, fields
+        rows = []
+        if path.exists() and keep_through_epoch > 0:
+            rows = [r for r in read_csv(path) if int(r["epoch"]) <= keep_through_epoch]
+        with atomic_write(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.fields).writerow(row)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None

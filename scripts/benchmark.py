@@ -10,7 +10,7 @@
 4. whole-image inference on Set14 (images/s, peak memory), Set14 evaluation with torch vs scikit-image SSIM
    (images/s), and one 4000x3000 image, tiled (time, peak RSS);
 5. the five-model experiment=seed sweep itself (on CUDA by default): the real `train.py -m` with the joblib
-   launcher (or `--sweep-launcher threads`: one process, a CUDA stream per job), all models side by side, for a
+   launcher, all models side by side, for a
    few epochs or all 202 (`--sweep-epochs 202`); its measured wall time plus the remaining epochs at the
    slowest job's steady epoch time projects the full 202-epoch sweep.
 """
@@ -32,19 +32,23 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from deblur_exp.atomic import WriteFailed
 from deblur_exp.cli import default_data_dir, run_cli
-from deblur_exp.config import REPO_ROOT, DataConfig, DegradationConfig
+from deblur_exp.config import REPO_ROOT
+from deblur_exp.data.batches import PatchTensors
+from deblur_exp.data.degrade import DegradationConfig
 from deblur_exp.data.patches import PatchSet, load_patches
+from deblur_exp.data.sources import DataConfig
 from deblur_exp.errors import DeblurError
 from deblur_exp.models import build_model, list_models
-from deblur_exp.jobs import collect, epoch_times, projected_wall, projection_checks, steady_epoch
+from deblur_exp.runtime import PRECISIONS, TimeBudget, autocast_for, resolve_device
+from deblur_exp.sweeps.summary import collect, epoch_times, projected_wall, projection_checks, steady_epoch
 from deblur_exp.tables import markdown_table, write_json
-from deblur_exp.runtime import PRECISIONS, autocast_for, resolve_device
-from deblur_exp.batches import PatchTensors
-from deblur_exp.graphed_step import eager_step, graphed
-from deblur_exp.training import EpochPlan, Numerics, train_epoch
+from deblur_exp.training.loop import train_epoch
+from deblur_exp.training.state import Compute, PatchData, RunState
+from deblur_exp.training.step import eager_step, graphed
 
 SEED_MODELS = ["deblurcnn", "deblurcnn_res", "deblursuperrescnn", "dncnn", "edsr"]
 SEED_TRAIN, SEED_VAL, SEED_EPOCHS = 19_548, 2_173, 202
@@ -135,18 +139,21 @@ def loop_samples_per_s(name, device, steps, batch_size, channels_last, precision
     autocast = autocast_for(precision, device)
     generator = torch.Generator().manual_seed(0)
 
-    numerics = Numerics(autocast, scaler, channels_last)
-    step = eager_step(model, optimizer, F.mse_loss, numerics)
+    compute = Compute(autocast, scaler, channels_last)
+    step = eager_step(model, optimizer, F.mse_loss, compute)
     if cuda_graph:
         step = graphed(step, optimizer, device, batch_size)
 
     def run(limit):
-        plan = EpochPlan(batch_size, epochs=1, limit_batches=limit, progress=False)
-        return train_epoch(model, step, tensors, numerics, plan, 1, generator)
+        cfg = OmegaConf.create({"trainer": {"batch_size": batch_size, "epochs": 1, "limit_train_batches": limit,
+                                            "progress": False}, "data": {"augment": False}})
+        state = RunState(cfg, None, device, compute, PatchData(tensors, tensors, tensors, []), model, model,
+                         optimizer, None, F.mse_loss, generator, budget=TimeBudget(None))
+        return train_epoch(state, step, 1)
 
     run(3)  # warm-up: allocator, cudnn autotuning (and with cuda_graph: 2 eager steps, then the capture)
     started = time.perf_counter()
-    _, seen, _ = run(steps)  # ends with .item(): synchronised
+    seen = run(steps).seen  # ends with .item(): synchronised
     return seen / (time.perf_counter() - started)
 
 
@@ -220,7 +227,7 @@ import json, sys, time, numpy as np, torch
 from pathlib import Path
 from deblur_exp.data.images import read_image
 from deblur_exp.models import build_model
-from deblur_exp.restore import restore_image
+from deblur_exp.evaluation.restore import RestoreOptions, restore_image
 name, device, what = sys.argv[1], torch.device(sys.argv[2]), sys.argv[3]
 sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 model = build_model(name).to(device)
@@ -234,7 +241,7 @@ if device.type == "cuda":
 sync()
 started = time.perf_counter()
 for image in images:
-    restore_image(model, image, device, tile=tile, tile_overlap=32)
+    restore_image(model, image, device, RestoreOptions(tile=tile, tile_overlap=32))
 sync()
 elapsed = time.perf_counter() - started
 peak_rss = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM"))) / 1024
@@ -260,12 +267,11 @@ def bench_scoring(name: str, device: torch.device, folder: Path) -> dict:
     together) vs the previous path (one image at a time, SSIM by scikit-image on the CPU)."""
     from skimage.metrics import structural_similarity
 
-    from deblur_exp.config import DegradationConfig
-    from deblur_exp.data.degrade import degrade
+    from deblur_exp.data.degrade import DegradationConfig, degrade
     from deblur_exp.data.images import read_folder
-    from deblur_exp.evaluation import Restorer, evaluate_set, score_pair
+    from deblur_exp.evaluation.restore import restore_image
+    from deblur_exp.evaluation.scoring import Restorer, evaluate_set, score_pair
     from deblur_exp.metrics import psnr, to_float64
-    from deblur_exp.restore import restore_image
 
     images = read_folder(folder)[0]
     model = build_model(name).to(device).eval()
@@ -309,13 +315,10 @@ def bench_scoring(name: str, device: torch.device, folder: Path) -> dict:
 # What makes the sweep fast on one GPU (README, Performance): jobs side by side, CUDA graphs, fused Adam.
 SWEEP_KNOBS = {"cuda": ["trainer.compile=true", "trainer.compile_mode=reduce-overhead", "optimizer.fused=true"],
                "cpu": []}
-# The CUDA knobs for hydra/launcher=threads, which refuses torch.compile: CUDA graphs of our own instead.
-UNCOMPILED = ["optimizer.fused=true", "trainer.cuda_graph=true"]
 
 
-# How the sweep's jobs share the device: parallel processes, or threads of one process with a CUDA stream each.
-SWEEP_LAUNCHERS = {"joblib": lambda jobs: ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"],
-                   "threads": lambda jobs: ["hydra/launcher=threads"]}
+# How the sweep's jobs share the device: one process per job.
+SWEEP_LAUNCHERS = {"joblib": lambda jobs: ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]}
 
 
 def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides: list[str],
@@ -405,10 +408,9 @@ def main() -> int:
     p.add_argument("--sweep-full-epochs", type=int, default=SEED_EPOCHS,
                    help="the study's length: shorter sweeps are projected to it, one of this length is measured")
     p.add_argument("--sweep-launcher", default="joblib", choices=list(SWEEP_LAUNCHERS),
-                   help="joblib: one process per job; threads: the jobs in one process, a CUDA stream each")
+                   help="joblib: one process per job")
     p.add_argument("--sweep-overrides", nargs="*", default=None,
-                   help=f"extra train.py overrides for the sweep (default on CUDA: {' '.join(SWEEP_KNOBS['cuda'])}; "
-                        f"with --sweep-launcher threads: {' '.join(UNCOMPILED)})")
+                   help=f"extra train.py overrides for the sweep (default on CUDA: {' '.join(SWEEP_KNOBS['cuda'])})")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--json", type=Path, default=Path("benchmark.json"))
     args = p.parse_args()
@@ -459,8 +461,7 @@ def main() -> int:
               flush=True)
     sweep_epochs = args.sweep_epochs if args.sweep_epochs is not None else (4 if device.type == "cuda" else 0)
     if "sweep" not in args.skip and sweep_epochs > 0:
-        knobs = UNCOMPILED if args.sweep_launcher == "threads" and device.type == "cuda" else SWEEP_KNOBS[device.type]
-        overrides = args.sweep_overrides if args.sweep_overrides is not None else knobs
+        overrides = args.sweep_overrides if args.sweep_overrides is not None else SWEEP_KNOBS[device.type]
         print(f"experiment=seed sweep, {len(args.models)} models in parallel, {sweep_epochs} epochs ...", flush=True)
         sweep = save("seed_sweep", bench_sweep(args.models, device, sweep_epochs, overrides, args.sweep_launcher,
                                                args.sweep_full_epochs))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deblur_exp.cli import run_cli
 from deblur_exp.errors import DeblurError
-from deblur_exp.jobs import metrics_rows, named_sweep_jobs
+from deblur_exp.sweeps.summary import metrics_rows, named_sweep_jobs
 from deblur_exp.tables import markdown_table, write_text
 
 

@@ -22,14 +22,14 @@ from tqdm import tqdm
 from deblur_exp.cli import add_eval_options, default_output_dir, make_output_dir, run_cli
 from deblur_exp.data.images import in_format_of, read_alpha, read_image_info, scan_folder, write_image
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import IMAGE_FIELDS, bar_off, load_restorer, score_image
-from deblur_exp.figures import before_after, three_panel
+from deblur_exp.evaluation.figures import before_after, three_panel
+from deblur_exp.evaluation.restore import restore_photo, to_uint8
+from deblur_exp.evaluation.scoring import IMAGE_FIELDS, ScoringOptions, bar_off, load_restorer, score_image
 from deblur_exp.metrics import describe_scores
-from deblur_exp.pretrained import weak_model_note
-from deblur_exp.restore import restore_photo, to_uint8
-from deblur_exp.run_dir import find_checkpoints
-from deblur_exp.tables import write_csv
+from deblur_exp.runs.locate import find_checkpoints
+from deblur_exp.runs.pretrained import weak_model_note
 from deblur_exp.runtime import resolve_device
+from deblur_exp.tables import write_csv
 
 
 def parse_args() -> argparse.Namespace:
@@ -95,6 +95,7 @@ def main() -> int:
     device = resolve_device(args.device)
     checkpoint = find_checkpoints(args.model)[0]
     restorer = load_restorer(checkpoint, device)
+    options = ScoringOptions(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)
     note = weak_model_note(args.model)  # a photo shows no score: say so when a shipped model is weaker than its input
     if note:
         print(note)
@@ -116,19 +117,16 @@ def main() -> int:
         try:
             image, grey = read_image_info(path)
             if args.simulate:
-                scores, sharp, degraded, restored = score_image(restorer, image, device, args.tile,
-                                                                args.tile_overlap, args.self_ensemble)
+                scores, sharp, degraded, restored = score_image(restorer, image, device, options)
                 write_image(args.out / f"{stem}_degraded.png", degraded)
-                three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores["psnr_degraded"],
-                            scores["psnr_restored"], path.name)
+                three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores, path.name)
                 rows.append({"image": path.name, **scores})
                 tqdm.write(f"{path.name}: {describe_scores(scores, arrows=True)}")
             else:
                 warning = sharpness_warning(image, restorer, path.name)
                 if warning:
                     tqdm.write(warning)
-                restored = restore_photo(restorer.model, restorer.color, image, device, args.tile,
-                                         args.tile_overlap, args.self_ensemble)
+                restored = restore_photo(restorer.model, restorer.color, image, device, options)
                 before_after(args.out / f"{stem}_before_after.png", image, restored, path.name)
             if args.simulate:
                 write_image(restored_path, to_uint8(restored))

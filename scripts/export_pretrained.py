@@ -20,11 +20,11 @@ import yaml
 
 from deblur_exp.cli import default_data_dir, read_image_sets, run_cli
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import evaluate_set, load_restorer, summarize
-from deblur_exp.run_dir import RunDir, run_checkpoint
+from deblur_exp.evaluation.report import find_runs, load_run
+from deblur_exp.evaluation.scoring import ScoringOptions, evaluate_set, load_restorer, summarize
+from deblur_exp.runs.pretrained import DEGRADED, FOLDER, PREFIX, export
+from deblur_exp.runs.run_dir import RunDir, run_checkpoint
 from deblur_exp.tables import markdown_table
-from deblur_exp.pretrained import DEGRADED, FOLDER, PREFIX, export
-from deblur_exp.report import find_runs, load_run
 
 SETS = ("Set5", "Set14")
 
@@ -60,7 +60,8 @@ def main() -> int:
     for run, name in zip(runs, names):
         checkpoint = run_checkpoint(run.folder)
         restorer = load_restorer(checkpoint, "cpu", label=run.arch)
-        scores = {set_name: summarize(evaluate_set(restorer, images, "cpu", progress=False, **restorer.protocol)[0])
+        scores = {set_name: summarize(evaluate_set(restorer, images, "cpu", ScoringOptions(**restorer.protocol),
+                                                   progress=False)[0])
                   for set_name, images in sets.items()}
         scored_in = protocol_label(restorer)
         s = run.summary

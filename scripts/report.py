@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deblur_exp.cli import default_data_dir, make_output_dir, read_image_sets, run_cli, warn_if_not_shown
 from deblur_exp.errors import DeblurError
-from deblur_exp.report import find_runs, load_run, score_runs, write_figures, write_report
+from deblur_exp.evaluation.report import ReportRequest, find_runs, load_run, score_runs, write_figures, write_report
 from deblur_exp.runtime import resolve_device
 
 
@@ -45,7 +45,7 @@ def main() -> int:
     warn_if_not_shown(args.compare, sets)
     baseline = score_runs(runs, sets, device, args.y_crop, args.compare)
     command = "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    print(write_report(args.out, runs, baseline, list(sets), args.y_crop, args.compare, command))
+    print(write_report(args.out, runs, baseline, ReportRequest(list(sets), args.y_crop, args.compare, command)))
     write_figures(args.out, runs, baseline, args.compare)
     for problem in problems:
         print(f"warning: {problem}")

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from deblur_exp.cli import run_cli
 from deblur_exp.errors import DeblurError
-from deblur_exp.jobs import epoch_times, metrics_rows, named_sweep_jobs, projection_checks, steady_epoch
-from deblur_exp.run_dir import RunDir
+from deblur_exp.runs.run_dir import RunDir
+from deblur_exp.sweeps.summary import epoch_times, metrics_rows, named_sweep_jobs, projection_checks, steady_epoch
 from deblur_exp.tables import markdown_table, write_text
 
 COLUMNS = ["job", "epochs done", "of", "best val PSNR", "first epoch (s)", "median later epoch (s)",

@@ -12,22 +12,19 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import deblur_exp.config  # noqa: F401  (registers the config schemas and resolvers with Hydra)
 from deblur_exp.cli import run_hydra_cli
-from deblur_exp.resume import distributed_argv, resume_argv, run_dir_argv
+from deblur_exp.runs.resume import distributed_argv, resume_argv, run_dir_argv
+from deblur_exp.sweeps.jobs import run_job  # imports training.config, which registers the schemas with Hydra
+from deblur_exp.sweeps.summary import FAILED_JOBS  # filled at the end of a sweep (-m) with the jobs that failed
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Returns the run's `objective` (the best validation PSNR by default), the value sweepers (Optuna) maximise."""
-    from deblur_exp.jobs import run_job
-
     return run_job(cfg)
 
 
 if __name__ == "__main__":
     sys.argv = distributed_argv(resume_argv(run_dir_argv(sys.argv)))
     run_hydra_cli(main)
-    from deblur_exp.jobs import FAILED_JOBS  # filled at the end of a sweep (-m) with a job that failed
-
     sys.exit(1 if FAILED_JOBS else 0)

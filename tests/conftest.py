@@ -68,7 +68,7 @@ def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
     so a schedule over the run, like cosine) as the uninterrupted run has it."""
     import signal
 
-    import deblur_exp.tracking as tracking
+    import deblur_exp.training.tracking as tracking
 
     append = tracking.MetricsTable.append
 

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from deblur_exp.config import REPO_ROOT
-
 from tests.conftest import TINY, run_script
 
 
@@ -175,13 +174,13 @@ def test_ctrl_c_before_training_leaves_no_half_made_run(make_cfg, trained_run, t
     up saying so (run_hydra_cli prints it: the next test)."""
     import shutil
 
-    import deblur_exp.training as training
-    from deblur_exp.jobs import run_job
+    from deblur_exp.sweeps import jobs
+    from deblur_exp.sweeps.jobs import run_job
 
     def interrupted(cfg):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "train", interrupted)
+    monkeypatch.setattr(jobs, "train", interrupted)
     fresh = tmp_path / "fresh"  # what Hydra has made by the time the job starts
     (fresh / ".hydra").mkdir(parents=True)
     (fresh / ".hydra" / "overrides.yaml").write_text("- model=srcnn\n")

@@ -5,8 +5,9 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from deblur_exp.config import CONF_DIR, check_config
+from deblur_exp.config import CONF_DIR
 from deblur_exp.errors import DeblurError
+from deblur_exp.training.config import check_config
 
 GROUPS = ["model", "data", "degradation", "optimizer", "scheduler", "trainer", "paths", "experiment"]
 

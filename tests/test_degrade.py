@@ -2,8 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from deblur_exp.config import DegradationConfig
-from deblur_exp.data.degrade import degrade
+from deblur_exp.data.degrade import DegradationConfig, degrade
 from deblur_exp.data.images import read_image
 from deblur_exp.errors import DeblurError
 from deblur_exp.metrics import psnr

@@ -9,11 +9,12 @@ import zipfile
 
 import pytest
 
-from deblur_exp.config import DataConfig, DegradationConfig
+from deblur_exp.data.degrade import DegradationConfig
 from deblur_exp.data.download import fetch_dataset
 from deblur_exp.data.patches import load_patches
+from deblur_exp.data.sources import DataConfig
 from deblur_exp.errors import DeblurError
-from deblur_exp.training import train
+from deblur_exp.training.loop import train
 from tests.conftest import TINY, write_sharp_images
 
 
@@ -105,8 +106,7 @@ def test_server_down(tmp_path):
 def test_eval_sets_download_on_demand(server, tmp_path):
     from omegaconf import OmegaConf
 
-    from deblur_exp.config import EvalConfig
-    from deblur_exp.evaluation import eval_image_sets
+    from deblur_exp.evaluation.scoring import EvalConfig, eval_image_sets
 
     cfg = OmegaConf.structured(EvalConfig(sets=["Set5"], download=True, urls={"Set5": f"{server}/data.zip"}))
     sets, problems = eval_image_sets(cfg, tmp_path / "data")

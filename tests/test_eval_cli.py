@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deblur_exp.data.images import read_image, write_image
-from deblur_exp.training import train
+from deblur_exp.training.loop import train
 from tests.conftest import TINY, dataset, run_script, write_sharp_images
 
 
@@ -95,8 +95,8 @@ def test_a_best_checkpoint_without_training_state_restores_the_same_model(traine
     and export read, and nothing that only resuming needs."""
     import torch
 
-    from deblur_exp.checkpoint import drop_training_state
-    from deblur_exp.evaluation import load_restorer
+    from deblur_exp.evaluation.scoring import load_restorer
+    from deblur_exp.runs.checkpoint import drop_training_state
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -116,7 +116,7 @@ def test_evaluate_scores_on_the_checkpoints_own_protocol(trained_run, tmp_path):
     import torch
     from omegaconf import OmegaConf
 
-    from deblur_exp.checkpoint import save_checkpoint
+    from deblur_exp.runs.checkpoint import save_checkpoint
 
     state = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
     config = OmegaConf.create(state["config"])

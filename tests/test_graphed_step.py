@@ -4,13 +4,12 @@ and checkpoints that resume with or without graphs. The capture itself needs CUD
 import pytest
 import torch
 
-from deblur_exp.checkpoint import load_checkpoint
-from deblur_exp.config import check_config
 from deblur_exp.errors import DeblurError
-from deblur_exp.graphed_step import (WARMUP_STEPS, GraphedStep, eager_step, portable_optimizer_state,
-                                     use_tensor_lr)
+from deblur_exp.runs.checkpoint import load_checkpoint
 from deblur_exp.runtime import TrainingInterrupted
-from deblur_exp.training import train
+from deblur_exp.training.config import check_config
+from deblur_exp.training.loop import train
+from deblur_exp.training.step import WARMUP_STEPS, GraphedStep, eager_step, portable_optimizer_state, use_tensor_lr
 from tests.conftest import TINY, interrupt_after_epoch
 
 # deblurcnn with dropout (the run's own generator), cosine (the rate changes every step), an odd last batch
@@ -48,40 +47,6 @@ def test_full_batches_go_through_the_static_buffers_after_the_warm_up():
         assert float(loss) == pytest.approx(float((x * 0.5).abs().mean()))
 
 
-def test_no_capture_while_another_job_of_the_process_sets_up():
-    from deblur_exp.runtime import SETUP_LOCK
-
-    graphed = GraphedStep(lambda degraded, sharp: degraded.sum(), torch.device("cpu"), batch_size=2)
-    batches = [torch.rand(2, 3, 4, 4) for _ in range(WARMUP_STEPS + 2)]
-    for x in batches[:WARMUP_STEPS]:
-        graphed(x, x)
-    with SETUP_LOCK:  # a threaded sweep's other job, preparing its data
-        x = batches[WARMUP_STEPS]
-        assert float(graphed(x, x)) == pytest.approx(float(x.sum()))
-        assert graphed.inputs is None  # not captured: that batch ran eagerly
-    graphed(batches[-1], batches[-1])
-    assert graphed.inputs is not None and torch.equal(graphed.inputs[0], batches[-1])
-
-
-def test_warm_up_steps_wait_while_another_job_of_the_process_holds_the_setup_lock():
-    """Warm-up steps are where cuDNN tunes (and caches) its kernels: they must not run while another job captures
-    with the autotuner off, or while it sets process-wide flags."""
-    import threading
-
-    from deblur_exp.runtime import SETUP_LOCK
-
-    ran = []
-    graphed = GraphedStep(lambda degraded, sharp: ran.append(1) or degraded.sum(), torch.device("cpu"), batch_size=2)
-    x = torch.rand(2, 3, 4, 4)
-    with SETUP_LOCK:  # another job capturing
-        warm_up = threading.Thread(target=graphed, args=(x, x))
-        warm_up.start()
-        warm_up.join(timeout=0.5)
-        assert warm_up.is_alive() and ran == []
-    warm_up.join(timeout=10)
-    assert not warm_up.is_alive() and ran == [1]
-
-
 def test_the_cuda_graph_path_trains_bitwise_like_the_eager_one(make_cfg, tmp_path):
     eager, graphed = tmp_path / "eager", tmp_path / "graphed"
     train(make_cfg(GRAPHED, eager))
@@ -107,7 +72,7 @@ def test_a_run_resumes_with_or_without_graphs_like_an_uninterrupted_run(make_cfg
 def test_schedulers_change_the_tensor_learning_rate_in_place():
     # a captured step reads the rate from the tensor's address: a scheduler that assigned a new float instead
     # would leave the graph training at the old rate
-    from deblur_exp.schedules import WarmupCosine
+    from deblur_exp.training.schedules import WarmupCosine
 
     weight = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.Adam([weight], lr=1e-3)
@@ -134,7 +99,7 @@ def test_what_a_graph_cannot_hold_is_refused_by_name(make_cfg, override, message
 
 
 def test_compiled_cuda_graphs_get_the_autotuned_kernels_of_the_first_step(monkeypatch):
-    from deblur_exp.graphed_step import autotune_then_freeze
+    from deblur_exp.training.step import autotune_then_freeze
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     during = []
@@ -153,22 +118,19 @@ def test_graphed_steps_follow_eager_steps_on_this_machines_device(model_name):
     import torch.nn.functional as F
 
     from deblur_exp.models import build_model
-    from deblur_exp.models.layers import draw_dropout_from
-    from deblur_exp.training import Numerics
+    from deblur_exp.training.state import Compute
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def train_steps(graphed: bool) -> dict:
         torch.manual_seed(0)
         model = build_model(model_name).to(device).train()
-        masks = torch.Generator(device).manual_seed(1)
-        draw_dropout_from(model, masks)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-        numerics = Numerics(contextlib.nullcontext, torch.amp.GradScaler(device.type, enabled=False), False)
+        numerics = Compute(contextlib.nullcontext, torch.amp.GradScaler(device.type, enabled=False), False)
         step = eager_step(model, optimizer, F.mse_loss, numerics)
         if graphed:
             use_tensor_lr(optimizer, device)
-            step = GraphedStep(step, device, batch_size=4, dropout_rng=masks)
+            step = GraphedStep(step, device, batch_size=4)
         data = torch.Generator().manual_seed(2)
         for index in range(10):
             lr = 0.0 if index % 3 == 2 else 1e-3 * (index + 1)  # a graph stuck at its capture-time rate shows

@@ -3,8 +3,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from deblur_exp.config import DegradationConfig
-from deblur_exp.data.degrade import degrade
+from deblur_exp.data.degrade import DegradationConfig, degrade
 from deblur_exp.metrics import batch_psnr, psnr, rgb_to_y, ssim
 
 

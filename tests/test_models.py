@@ -99,33 +99,3 @@ def test_registering_a_new_architecture_needs_no_other_edit():
         assert isinstance(build_model("tiny_test_net"), TinyNet)
     finally:
         models._REGISTRY.pop("tiny_test_net")
-
-
-def test_dropout_draws_from_the_runs_own_generator():
-    """With a generator set, Dropout2d's masks depend on it alone (not on torch's global generator, which jobs in
-    one process share), drop whole channels and scale the kept ones by 1/(1-p), as nn.Dropout2d does."""
-    from deblur_exp.models.layers import Dropout2d, draw_dropout_from
-
-    model = build_model("deblurcnn", dropout=0.5).train()
-    assert draw_dropout_from(model, torch.Generator().manual_seed(3)) == 4  # one after each hidden layer
-    layer = Dropout2d(0.5).train()
-    x = torch.rand(4, 16, 8, 8) + 0.1
-
-    def masked(seed: int, global_seed: int) -> torch.Tensor:
-        torch.manual_seed(global_seed)
-        layer.generator = torch.Generator().manual_seed(seed)
-        return layer(x)
-
-    out = masked(7, 0)
-    assert torch.equal(out, masked(7, 1))  # the global generator plays no part
-    assert not torch.equal(out, masked(8, 0))
-    kept = out.flatten(2).amax(2) > 0  # per sample and channel
-    assert 0 < kept.sum() < kept.numel()
-    assert torch.allclose(out[kept], 2 * x[kept]) and (out[~kept] == 0).all()
-    assert torch.equal(layer.eval()(x), x)
-
-    layer.generator = None  # no generator: exactly torch's dropout, drawing from the global generator
-    torch.manual_seed(5)
-    ours = layer.train()(x)
-    torch.manual_seed(5)
-    assert torch.equal(ours, torch.nn.Dropout2d(0.5).train()(x))

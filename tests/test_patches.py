@@ -3,10 +3,10 @@ import logging
 import numpy as np
 import pytest
 
-from deblur_exp.config import DataConfig, DegradationConfig
-from deblur_exp.data.degrade import degrade, imresize_matlab
+from deblur_exp.data.degrade import DegradationConfig, degrade, imresize_matlab
 from deblur_exp.data.images import write_image
 from deblur_exp.data.patches import cache_key, cut_patches, load_patches, split_indices
+from deblur_exp.data.sources import DataConfig
 from deblur_exp.errors import DeblurError
 from tests.conftest import dataset
 

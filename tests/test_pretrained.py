@@ -5,12 +5,13 @@ import shutil
 
 import pytest
 
-import deblur_exp.pretrained as pretrained
-from deblur_exp.checkpoint import load_checkpoint
+import deblur_exp.runs.pretrained as pretrained
 from deblur_exp.config import REPO_ROOT
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import load_restorer
-from deblur_exp.run_dir import find_checkpoints, run_checkpoint
+from deblur_exp.evaluation.scoring import load_restorer
+from deblur_exp.runs.checkpoint import load_checkpoint
+from deblur_exp.runs.locate import find_checkpoints
+from deblur_exp.runs.run_dir import run_checkpoint
 from tests.conftest import dataset, run_script, write_sharp_images
 
 SHIPPED = pretrained.manifest()

@@ -12,13 +12,15 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from deblur_exp.checkpoint import load_checkpoint, save_checkpoint
-from deblur_exp.config import REPO_ROOT, DataConfig, DegradationConfig
+from deblur_exp.config import REPO_ROOT
+from deblur_exp.data.degrade import DegradationConfig
 from deblur_exp.data.images import write_image
 from deblur_exp.data.patches import load_patches
+from deblur_exp.data.sources import DataConfig
 from deblur_exp.errors import DeblurError
+from deblur_exp.runs.checkpoint import load_checkpoint, save_checkpoint
 from deblur_exp.runtime import TrainingInterrupted
-from deblur_exp.training import train
+from deblur_exp.training.loop import train
 from tests.conftest import TINY, interrupt_after_epoch, run_script
 
 # Deterministic, dropout on (RNG state matters), four steps an epoch, three epochs.
@@ -58,8 +60,8 @@ KILLER = r"""
 import os, signal, sys
 import torch
 from hydra import compose, initialize_config_dir
-import deblur_exp.checkpoint as checkpoint
-import deblur_exp.training as training
+import deblur_exp.runs.checkpoint as checkpoint
+import deblur_exp.training.loop as training
 from deblur_exp.config import CONF_DIR
 
 point, run_dir, cache = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -96,7 +98,7 @@ elif point == "between-renames":    # last.pt already moved to previous.pt, the 
         if str(dst).endswith("previous.pt") and counted(1): kill()
     checkpoint.os.replace = patched
 elif point == "after-metrics-row":  # epoch 2's row written, its checkpoint not
-    import deblur_exp.tracking as tracking
+    import deblur_exp.training.tracking as tracking
     append = tracking.MetricsTable.append
     def patched(self, row):
         append(self, row)
@@ -170,7 +172,7 @@ def test_no_usable_checkpoint_is_a_clear_error(make_cfg, tmp_path):
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_good_checkpoint(make_cfg, tmp_path, monkeypatch):
-    import deblur_exp.training as training
+    import deblur_exp.training.loop as training
 
     calls = {"n": 0}
     real_mse = training.LOSSES["mse"]
@@ -299,7 +301,7 @@ def test_hostile_folder_in_evaluate_and_deblur(hostile, trained_run, tmp_path):
 
 # --- a full disk ------------------------------------------------------------------------------------------------
 def test_a_full_disk_mid_run_is_one_line_keeps_last_pt_and_leaves_no_temp_file(make_cfg, tmp_path, monkeypatch):
-    import deblur_exp.checkpoint as checkpoint
+    import deblur_exp.runs.checkpoint as checkpoint
 
     run_dir = tmp_path / "run"
     real_save, calls = torch.save, {"n": 0}

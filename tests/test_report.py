@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from deblur_exp.config import DegradationConfig
-from deblur_exp.data.degrade import degrade
+from deblur_exp.data.degrade import DegradationConfig, degrade
 from deblur_exp.data.images import read_folder
+from deblur_exp.evaluation.report import load_run
 from deblur_exp.metrics import psnr
-from deblur_exp.report import load_run
 from deblur_exp.runtime import resolve_precision
 from tests.conftest import TINY, dataset, run_script
 
@@ -114,7 +113,7 @@ def test_report_refuses_a_folder_without_finished_runs(tmp_path, folder, message
 def test_curves_add_whole_image_scores_when_runs_have_them(monkeypatch, tmp_path):
     """eval.every's rows become a third axes: a line per run and set (the run's colour, the set's style) and each
     set's degraded input in grey; runs without them keep the seed's two plots."""
-    import deblur_exp.figures as figures
+    import deblur_exp.evaluation.figures as figures
 
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
@@ -133,28 +132,9 @@ def test_curves_add_whole_image_scores_when_runs_have_them(monkeypatch, tmp_path
 
 
 def test_the_zoom_goes_where_the_detail_is():
-    from deblur_exp.figures import detail_box
+    from deblur_exp.evaluation.figures import detail_box
 
     image = np.full((100, 120, 3), 128, np.uint8)
     image[60:85, 30:55] = np.random.default_rng(0).integers(0, 256, (25, 25, 3))
     assert detail_box(image, size=25) == (60, 30, 25)
     assert detail_box(image)[2] == 25  # default: a quarter of the shorter side
-
-
-def test_figures_drawn_from_threads_at_once_all_come_out(tmp_path):
-    """Jobs that share a process (hydra/launcher=threads) often finish together and draw their curves.png at the
-    same moment; pyplot's process-wide state made such draws fail (tick-label layout mid-parse in another thread)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from deblur_exp.figures import learning_curves
-
-    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_psnr": 20 + e} for e in range(1, 30)]
-
-    def draw(k: int):
-        path = tmp_path / f"curves_{k}.png"
-        learning_curves(path, {f"$run_{{{k}}}$": rows, "other": rows}, {f"$run_{{{k}}}$": 21.0}, title=f"job {k}")
-        return path
-
-    with ThreadPoolExecutor(8) as pool:
-        paths = list(pool.map(draw, range(24)))
-    assert all(p.stat().st_size > 10_000 for p in paths)

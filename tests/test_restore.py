@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from deblur_exp.evaluation.restore import RestoreOptions, restore_batch, restore_image
 from deblur_exp.models import build_model
-from deblur_exp.restore import restore_batch, restore_image
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (83, 101, 3), dtype=np.uint8)
 
@@ -17,7 +17,7 @@ def test_tiled_output_matches_one_pass(name):
     torch.manual_seed(0)
     model = build_model(name).eval()
     whole = restore_image(model, IMAGE)
-    tiled = restore_image(model, IMAGE, tile=32, tile_overlap=24)
+    tiled = restore_image(model, IMAGE, options=RestoreOptions(tile=32, tile_overlap=24))
     assert whole.shape == (83, 101, 3) and whole.dtype == np.float32
     assert np.abs(whole - tiled).max() < 1e-4
 
@@ -35,9 +35,9 @@ class Shift(nn.Module):
 
 
 def test_self_ensemble_inverts_every_transform():
-    identity = restore_image(Identity(), IMAGE, self_ensemble=True)
+    identity = restore_image(Identity(), IMAGE, options=RestoreOptions(self_ensemble=True))
     assert np.abs(identity - IMAGE / 255).max() < 1e-6
-    shifted = restore_image(Shift(), IMAGE, self_ensemble=True)
+    shifted = restore_image(Shift(), IMAGE, options=RestoreOptions(self_ensemble=True))
     assert not np.allclose(shifted, restore_image(Shift(), IMAGE), atol=1e-3)
 
 
@@ -47,10 +47,10 @@ def test_large_image_tiled_stays_under_2_gib():
     code = (
         "import numpy as np, torch\n"
         "from deblur_exp.models import build_model\n"
-        "from deblur_exp.restore import restore_image\n"
+        "from deblur_exp.evaluation.restore import RestoreOptions, restore_image\n"
         "torch.set_num_threads(2)\n"
         "image = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)\n"
-        "out = restore_image(build_model('srcnn'), image, tile=512, tile_overlap=8)\n"
+        "out = restore_image(build_model('srcnn'), image, options=RestoreOptions(tile=512, tile_overlap=8))\n"
         "assert out.shape == (3000, 4000, 3)\n"
         # VmHWM is this process's own peak; ru_maxrss would carry over the parent's across exec.
         "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
@@ -61,17 +61,18 @@ def test_large_image_tiled_stays_under_2_gib():
     assert peak_kib < 2 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
 
 
-@pytest.mark.parametrize("options", [{}, {"tile": 32, "tile_overlap": 24}, {"self_ensemble": True}])
+@pytest.mark.parametrize("options", [RestoreOptions(), RestoreOptions(tile=32, tile_overlap=24),
+                                     RestoreOptions(self_ensemble=True)])
 def test_a_batch_of_same_sized_images_restores_as_each_alone(options):
     """restore_batch (evaluation batches same-sized images on a GPU) gives each image what restore_image gives it."""
     torch.manual_seed(0)
     model = build_model("deblurcnn_res").eval()
     images = [np.random.default_rng(seed).integers(0, 256, (83, 101, 3), dtype=np.uint8) for seed in range(3)]
-    together = restore_batch(model, images, **options)
+    together = restore_batch(model, images, options=options)
     assert len(together) == 3
     for image, restored in zip(images, together):
         assert restored.shape == (83, 101, 3) and restored.dtype == np.float32
-        assert np.abs(restored - restore_image(model, image, **options)).max() < 1e-5
+        assert np.abs(restored - restore_image(model, image, options=options)).max() < 1e-5
 
 
 class CountingModel(nn.Module):
@@ -87,9 +88,9 @@ class CountingModel(nn.Module):
 
 
 def test_evaluation_batches_same_sized_images_and_keeps_the_sets_order():
-    from deblur_exp.config import DegradationConfig
+    from deblur_exp.data.degrade import DegradationConfig
     from deblur_exp.data.images import Image
-    from deblur_exp.evaluation import Restorer, evaluate_set
+    from deblur_exp.evaluation.scoring import Restorer, ScoringOptions, evaluate_set
 
     rng = np.random.default_rng(1)
     sizes = [(48, 64), (40, 40), (48, 64), (8, 8), (48, 64), (40, 40)]  # (8, 8): too small to score
@@ -100,7 +101,7 @@ def test_evaluation_batches_same_sized_images_and_keeps_the_sets_order():
     assert model.batches == [1, 1, 1, 1, 1]
     model.batches.clear()
     # room for two 48x64 images a pass: [im0, im2], [im1, im5], [im3] (refused before the model), [im4]
-    together, problems = evaluate_set(restorer, images, "cpu", progress=False, batch_pixels=2 * 48 * 64)
+    together, problems = evaluate_set(restorer, images, "cpu", ScoringOptions(batch_pixels=2 * 48 * 64), progress=False)
     assert model.batches == [2, 2, 1]
     assert [row["image"] for row in together] == ["im0", "im1", "im2", "im4", "im5"]
     assert problems == problems_alone and len(problems) == 1 and problems[0].startswith("im3: image of 8x8")

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from deblur_exp.losses import LOSSES, charbonnier_loss
-from deblur_exp.schedules import WarmupCosine
 from deblur_exp.runtime import TimeBudget
-from deblur_exp.schedules import schedule_hook
+from deblur_exp.training.losses import LOSSES, charbonnier_loss
+from deblur_exp.training.schedules import WarmupCosine, schedule_hook
 
 
 def adam(lr=1e-3):

@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import re
 import shutil
 import subprocess
 
@@ -11,9 +10,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deblur_exp.config import REPO_ROOT, swept_job_name
-from deblur_exp.jobs import parallel_jobs
+from deblur_exp.sweeps.jobs import parallel_jobs
 from deblur_exp.tables import read_csv
-from tests.conftest import TINY, run_script, write_sharp_images
+from tests.conftest import TINY, run_script
 
 FIVE = "deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr"
 QUICK = [*TINY, "trainer.epochs=1"]
@@ -61,11 +60,10 @@ def test_five_model_sweep_ends_in_a_comparison(tmp_path):
     assert "summary/best_val_psnr" in events.Tags()["scalars"]
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=threads"]], ids=["basic", "threads"])
 @pytest.mark.slow
-def test_a_failing_job_is_listed_and_does_not_stop_the_others(tmp_path, launcher):
+def test_a_failing_job_is_listed_and_does_not_stop_the_others(tmp_path):
     quick = [o for o in QUICK if not o.startswith("data.patch_size")]
-    result = run_script("train.py", "-m", *launcher, "model=srcnn", "data.patch_size=16,2", *quick,
+    result = run_script("train.py", "-m", "model=srcnn", "data.patch_size=16,2", *quick,
                         env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert result.returncode == 1, result.stderr  # the sweep ran to its summary, and says a job failed
     assert "failed: 1_data.patch_size=2 (each job's error.txt says why); exit status 1" in result.stdout
@@ -127,7 +125,7 @@ def test_optuna_search_maximises_the_returned_metric(tmp_path):
 
 @pytest.mark.parametrize("search,model", [("recipe_cpu", "edsr"), ("recipe_cpu_deblurcnn", "deblurcnn_res")])
 def test_the_recipe_search_scores_held_out_images_and_never_the_test_sets(make_cfg, search, model):
-    from deblur_exp.config import check_config
+    from deblur_exp.training.config import check_config
 
     cfg = make_cfg([f"hparams_search={search}"])
     assert (cfg.objective, cfg.data.split, list(cfg.eval.sets), cfg.eval.held_out) == ("held_out", "image", [], True)
@@ -193,9 +191,9 @@ def test_parallel_jobs(target, n_jobs, expected):
 def test_parallel_jobs_get_their_own_gpu_and_a_share_of_the_cores(monkeypatch, make_cfg):
     """On a multi-GPU machine job k of a joblib sweep trains on cuda:(k % gpus); threads are split."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf
 
-    from deblur_exp import jobs
+    from deblur_exp.sweeps import jobs
 
     cfg = make_cfg(["trainer.device=auto"])
     hydra_cfg = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher."
@@ -204,13 +202,11 @@ def test_parallel_jobs_get_their_own_gpu_and_a_share_of_the_cores(monkeypatch, m
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg.hydra))
     monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
     monkeypatch.setattr("os.cpu_count", lambda: 12)
-    with open_dict(cfg):
-        jobs.apply_job_resources(cfg)
-    assert cfg.trainer.device == "cuda:1" and cfg.trainer.num_threads == 4
+    assert jobs.job_resources(cfg) == {"trainer.device": "cuda:1", "trainer.num_threads": 4}
 
 
 def test_baseline_row_only_when_every_job_shares_it():
-    from deblur_exp.jobs import shared_baseline
+    from deblur_exp.sweeps.summary import shared_baseline
 
     ok = {"status": "ok", "baseline": {"best_val_psnr": 30.0, "Set5_psnr": 28.0}}
     other_degradation = {"status": "ok", "baseline": {"best_val_psnr": 27.5, "Set5_psnr": 25.0}}
@@ -230,7 +226,7 @@ def test_a_killed_sweep_resumes_as_a_whole(tmp_path):
 
     import torch
 
-    from deblur_exp.checkpoint import load_checkpoint
+    from deblur_exp.runs.checkpoint import load_checkpoint
 
     steady = [*TINY, "trainer.dropout=0.2", "trainer.deterministic=true", "trainer.epochs=25", "eval.enabled=false"]
     env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
@@ -273,195 +269,6 @@ def test_a_killed_sweep_resumes_as_a_whole(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
-def test_gpu_study_script_carries_a_sweep_across_leases(tmp_path):
-    """scripts/gpu_study.sh on the CPU with tiny settings: lease 1 stops every job on its time budget and packs the
-    sweep; the next lease, unpacked elsewhere, continues each job and, once all have their epochs, writes the report."""
-    import sys
-
-    set5 = REPO_ROOT.parent / "shared" / "datasets"
-    data_dir = os.environ.get("DEBLUR_DATA_DIR", str(set5))
-    overrides = ["model=srcnn,deblurcnn", *TINY, "trainer.epochs=8", "trainer.deterministic=true"]
-    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path / "o"), "DEBLUR_DATA_DIR": data_dir,
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-
-    def lease(number, minutes, sweep, out):
-        return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_study.sh"), str(number), str(minutes),
-                               str(sweep), str(out), *overrides], cwd=REPO_ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
-
-    first = lease(1, 0.002, tmp_path / "a" / "study", tmp_path / "out1")  # 0.12 s per job: stops in epoch 1
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "0 of 2 jobs have trained all their epochs" in first.stdout
-    for job in (tmp_path / "a" / "study").glob("*_model=*"):
-        assert json.loads((job / "summary.json").read_text())["stopped_by"] == "max_time"
-    parts = sorted((tmp_path / "out1").glob("state.tar.gz.part-*"))
-    assert parts and not (tmp_path / "out1" / "report").exists()
-
-    (tmp_path / "b").mkdir()  # the next lease: a fresh machine with the packed state
-    unpacked = subprocess.run(f"cat {' '.join(map(str, parts))} | tar -xzf - -C {tmp_path / 'b'}", shell=True)
-    assert unpacked.returncode == 0
-    second = lease(2, 30, tmp_path / "b" / "study", tmp_path / "out2")
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "2 of 2 jobs have trained all their epochs" in second.stdout
-    log = (tmp_path / "out2" / "sweep_lease2.log").read_text()
-    assert log.count("continuing from") == 2 and "after epoch" in log
-    for job in (tmp_path / "b" / "study").glob("*_model=*"):
-        with open(job / "metrics.csv", newline="") as f:
-            assert [int(r["epoch"]) for r in csv.DictReader(f)][-1] == 8
-    assert (tmp_path / "out2" / "report" / "results.md").is_file()
-
-
-def test_gpu_lease_script_sets_up_from_the_carried_folder(tmp_path):
-    """scripts/gpu_lease.sh: the carried datasets become DEBLUR_DATA_DIR, the checkout is importable, the command's
-    exit status comes back, its output lands in $OUT/lease.log, MPS=1 says plainly when MPS is off, and a missing
-    carry folder is a one-line error."""
-    import sys
-
-    carry = tmp_path / "carry"
-    (carry / "datasets").mkdir(parents=True)
-    (carry / "wheels").mkdir()
-    env = {**os.environ, "CARRY": str(carry), "OUT": str(tmp_path / "out"), "MPS": "1",
-           "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}  # no nvidia-cuda-mps-control on it
-    script = str(REPO_ROOT / "scripts" / "gpu_lease.sh")
-    probe = "import os, sys, deblur_exp; print('data', os.environ['DEBLUR_DATA_DIR']); sys.exit(3)"
-    result = subprocess.run(["bash", script, "python", "-c", probe], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 3, result.stdout + result.stderr
-    log = (tmp_path / "out" / "lease.log").read_text()
-    assert f"data {carry}/datasets" in log
-    assert "MPS off: nvidia-cuda-mps-control not found" in log
-
-    missing = subprocess.run(["bash", script, "true"], env={**env, "CARRY": str(tmp_path / "nowhere")},
-                             capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 2 and "run scripts/gpu_carry.sh here and carry it" in missing.stderr
-
-
-
-def fake_wheel(folder, dist, package):
-    """A minimal pure-Python wheel whose package records which wheel it came from."""
-    import zipfile
-
-    info = f"{dist}-1.0.dist-info"
-    files = {f"{package}/__init__.py": f"CARRIED = {dist!r}\n",
-             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n",
-             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
-    with zipfile.ZipFile(folder / f"{dist}-1.0-py3-none-any.whl", "w") as wheel:
-        for name, text in files.items():
-            wheel.writestr(name, text)
-
-
-def test_gpu_lease_script_installs_the_carried_hydra_beside_the_image(tmp_path):
-    """On a machine without Hydra (the GPU image), gpu_lease.sh installs the four carried Hydra wheels into a folder
-    of its own and puts it on the command's path; the image's pytest is kept, so pytest's carried family stays out."""
-    import sys
-
-    carry, blocked = tmp_path / "carry", tmp_path / "blocked"
-    (carry / "wheels").mkdir(parents=True)
-    for dist, package in [("hydra_core", "hydra"), ("omegaconf", "omegaconf"), ("antlr4_python3_runtime", "antlr4"),
-                          ("hydra_joblib_launcher", "hydra_plugins/hydra_joblib_launcher"),
-                          ("iniconfig", "iniconfig")]:  # the last stands for pytest's family
-        fake_wheel(carry / "wheels", dist, package)
-    (blocked / "hydra").mkdir(parents=True)  # this machine's Hydra made unimportable, as on the GPU image
-    (blocked / "hydra" / "__init__.py").write_text("raise ImportError('no Hydra on this machine')\n")
-    env = {**os.environ, "CARRY": str(carry), "LEASE_SITE": str(tmp_path / "site"), "PYTHONPATH": str(blocked),
-           "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"}
-    probe = ("import hydra, omegaconf, antlr4, hydra_plugins.hydra_joblib_launcher as launcher, pytest, iniconfig; "
-             "print(hydra.CARRIED, omegaconf.CARRIED, antlr4.CARRIED, launcher.CARRIED, iniconfig.__file__)")
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_lease.sh"), "python", "-c", probe], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    carried, iniconfig_file = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
-    assert carried == "hydra_core omegaconf antlr4_python3_runtime hydra_joblib_launcher"
-    assert not iniconfig_file.startswith(str(tmp_path))
-
-    (carry / "wheels" / "omegaconf-1.0-py3-none-any.whl").write_bytes(b"not a wheel")
-    broken = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_lease.sh"), "true"],
-                            env={**env, "LEASE_SITE": str(tmp_path / "site2")}, capture_output=True, text=True,
-                            timeout=120)
-    assert broken.returncode == 1 and "installing the carried wheels from" in broken.stderr
-
-# Both models with the seed's dropout: each job draws its masks from its own generator (models/layers.py), so the
-# jobs sharing a process still end with the weights they reach alone.
-THREADED = [*TINY, "trainer.deterministic=true", "eval.enabled=false", "trainer.dropout=0.2"]
-PAIR, JOBS = "model=deblurcnn,deblurcnn_res", ["0_model=deblurcnn", "1_model=deblurcnn_res"]
-
-
-def job_weights(folder, job):
-    from deblur_exp.checkpoint import load_checkpoint
-
-    return load_checkpoint(folder / job / "checkpoints" / "last.pt")["model"]
-
-
-@pytest.mark.slow
-def test_threads_launcher_runs_the_jobs_side_by_side_as_separate_runs(tmp_path):
-    """hydra/launcher=threads: one process, the jobs at once, each a complete run folder whose train.log holds only
-    its own lines, and the same weights as the default launcher training the jobs one after another."""
-    import torch
-
-    jobs = JOBS
-    threaded = run_script("train.py", "-m", "hydra/launcher=threads", PAIR, *THREADED,
-                          env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "threads")})
-    assert threaded.returncode == 0, threaded.stderr
-    assert "Threads launcher: 2 jobs, 2 at a time, in this process" in threaded.stdout
-    assert f"[{jobs[1]}] " in threaded.stdout  # console lines say which job they come from
-    sequential = run_script("train.py", "-m", PAIR, *THREADED,
-                            env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "basic")})
-    assert sequential.returncode == 0, sequential.stderr
-    a, b = sweep_dir(tmp_path / "threads"), sweep_dir(tmp_path / "basic")
-    assert [r["status"] for r in summary_rows(a)] == ["ok", "ok"]
-    for job, other in zip(jobs, reversed(jobs)):
-        log = (a / job / "train.log").read_text()
-        assert f"model {job.split('=')[1]}:" in log and f"model {other.split('=')[1]}:" not in log
-        ours, theirs = job_weights(a, job), job_weights(b, job)
-        assert all(torch.equal(ours[k], theirs[k]) for k in ours), job
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("graphs", [[], ["trainer.cuda_graph=true"]], ids=["eager", "cuda_graph"])
-def test_sigterm_stops_every_threaded_job_and_resume_auto_finishes_them(tmp_path, graphs):
-    """SIGTERM to a threads sweep: every job finishes its step, saves last.pt and the process exits 143; the same
-    command with resume=auto continues both, ending with the weights of a sweep that never stopped (an eager one
-    run job after job, also for the cuda_graph path, which is uncaptured on a CPU)."""
-    import signal
-    import sys
-    import time
-
-    import torch
-
-    steady = [*THREADED, "trainer.epochs=30"]
-    sweep = tmp_path / "sweep"
-    jobs = JOBS
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=threads",
-               PAIR, *steady, *graphs, f"hydra.sweep.dir={sweep}"]
-    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and first.poll() is None:
-        logs = [sweep / job / "metrics.csv" for job in jobs]
-        if all(m.is_file() and len(m.read_text().splitlines()) >= 3 for m in logs):  # both past epoch 2
-            break
-        time.sleep(0.02)
-    first.send_signal(signal.SIGTERM)
-    output, _ = first.communicate(timeout=120)
-    assert first.returncode == 143, output
-    assert output.count("stopped by SIGTERM") == 2, output
-    for job in jobs:
-        assert (sweep / job / "checkpoints" / "last.pt").is_file() and not (sweep / job / "summary.json").exists()
-
-    resumed = run_script("train.py", "-m", "hydra/launcher=threads", PAIR, *steady, *graphs,
-                         f"hydra.sweep.dir={sweep}", "resume=auto", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.count("resumed from") == 2
-    assert [(r["status"], r["epochs"]) for r in summary_rows(sweep)] == [("ok", "30"), ("ok", "30")]
-
-    reference = run_script("train.py", "-m", PAIR, *steady, f"hydra.sweep.dir={tmp_path / 'ref'}")
-    assert reference.returncode == 0, reference.stderr
-    for job in jobs:
-        ours, theirs = job_weights(sweep, job), job_weights(tmp_path / "ref", job)
-        assert all(torch.equal(ours[k], theirs[k]) for k in ours), divergence(job, sweep, tmp_path / "ref", output,
-                                                                          resumed.stdout)
 
 
 def divergence(job, ours, reference, stopped: str, resumed: str) -> str:
@@ -477,22 +284,9 @@ def divergence(job, ours, reference, stopped: str, resumed: str) -> str:
             f"order: {order}")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.compile=true", "trainer.compile: hydra/launcher=threads runs the jobs in threads, and torch.compile"),
-    ("hydra.launcher.max_parallel=0", "hydra.launcher.max_parallel: must be at least 1, or null for all jobs"),
-])
-@pytest.mark.slow
-def test_threads_launcher_refuses_bad_settings_before_making_any_folder(tmp_path, override, message):
-    result = run_script("train.py", "-m", "hydra/launcher=threads", "model=srcnn,deblurcnn", *QUICK, override,
-                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith(f"error: {message}")
-    assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").rglob("*_model=*"))
-
-
 def fake_sweep(root, psnrs_by_job):
     """Job folders as train.py -m leaves them, as far as compare_sweeps reads them: overrides and metrics.csv."""
-    from deblur_exp.run_dir import RunDir
+    from deblur_exp.runs.run_dir import RunDir
 
     for job, psnrs in psnrs_by_job.items():
         run = RunDir(root / job)
@@ -567,74 +361,3 @@ def test_sweep_progress_back_tests_the_projection_on_a_finished_sweep(tmp_path):
         "0_model=srcnn (6 of 8 epochs), 1_model=edsr (6 of 8 epochs)")
 
 
-def gpu_sweep_check(tmp_path, out, *overrides, **env):
-    import sys
-
-    env = {**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path / "o"), "SWEEPS": str(tmp_path / "sweeps"),
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", **env}
-    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_sweep_check.sh"), str(out), *overrides],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-
-
-@pytest.mark.slow
-def test_gpu_sweep_check_times_the_sweep_and_holds_it_to_a_plain_one(tmp_path):
-    """scripts/gpu_sweep_check.sh on the CPU with tiny settings, in two calls as in a lease: the threaded sweep is
-    timed from the command to its summary, then held against a plain joblib fp32 sweep at the same epoch."""
-    import tarfile
-
-    out = tmp_path / "out"
-    # deblurcnn with dropout, as experiment=seed has it: the threaded jobs draw the masks the plain ones draw
-    tiny = ["model=srcnn,deblurcnn", *THREADED, "trainer.epochs=3", "trainer.precision=32"]
-    fast = gpu_sweep_check(tmp_path, out, *tiny, PHASES="fast")
-    assert fast.returncode == 0, fast.stdout + fast.stderr
-    timing = (out / "timing.txt").read_text()
-    assert "fast sweep: exit status 0, " in timing and " s wall from the command to summary.md" in timing
-    assert "hydra/launcher=threads" in timing and "trainer.cuda_graph=true" in timing and "plain check" not in timing
-    assert "cuda_graph check: graphed steps follow eager ones" in timing  # on this CPU: the uncaptured path
-    # each job's epochs, and the back-test of a projection from the first 2 epochs against the measured wall time
-    assert "| 1_model=deblurcnn | 3 | 3 |" in timing and re.search(r"\n\| 2 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", timing)
-    assert "| 1_model=deblurcnn | ok | deblurcnn |" in (out / "summary_fast.md").read_text()
-    assert not (out / "progress_fast.md").exists()  # for stopped sweeps (the next test)
-    with tarfile.open(out / "weights_fast.tar") as tar:  # every job's best weights, without the optimizer state
-        assert sorted(tar.getnames()) == ["fast/0_model=srcnn/checkpoints/best.pt",
-                                          "fast/1_model=deblurcnn/checkpoints/best.pt"]
-        tar.extractall(tmp_path / "unpacked", filter="data")
-    import torch
-
-    from deblur_exp.evaluation import load_restorer
-
-    for job, arch in (("0_model=srcnn", "srcnn"), ("1_model=deblurcnn", "deblurcnn")):
-        weights = tmp_path / "unpacked" / "fast" / job / "checkpoints" / "best.pt"
-        assert "optimizer" not in torch.load(weights, weights_only=True)
-        assert load_restorer(weights).arch == arch
-
-    data = tmp_path / "data"  # the sweeps train on data=sample; the scoring phase reads a tiny Set14 here
-    write_sharp_images(data / "Set14", names=("alpha", "beta"), size=(48, 64))
-    plain = gpu_sweep_check(tmp_path, out, *tiny, PHASES="plain scoring", PLAIN_EPOCHS="2", DEBLUR_DATA_DIR=str(data))
-    assert plain.returncode == 0, plain.stdout + plain.stderr
-    timing = (out / "timing.txt").read_text()
-    assert "plain check at epoch 2: every job within 0.1 dB" in timing
-    scoring = json.loads((out / "scoring.json").read_text())["scoring"]
-    assert scoring["images"] == 2 and scoring["images_per_s"] > 0 and scoring["skimage_images_per_s"] > 0
-    assert (f"Set14 scoring (cpu, dncnn, 2 images): {scoring['images_per_s']:.2f} images/s with torch SSIM on cpu "
-            f"vs {scoring['skimage_images_per_s']:.2f} with scikit-image") in timing
-    assert "| 0_model=srcnn | 2 |" in (out / "compare.md").read_text()
-    with tarfile.open(out / "sweeps.tar.gz") as tar:
-        names = tar.getnames()
-    assert "./fast/0_model=srcnn/metrics.csv" in names and "./plain/1_model=deblurcnn/metrics.csv" in names
-    assert not any("checkpoints" in n for n in names)
-
-
-@pytest.mark.slow
-def test_gpu_sweep_check_stops_a_sweep_at_its_time_limit_and_reports_how_far_it_got(tmp_path):
-    out = tmp_path / "out"
-    endless = ["model=srcnn,deblurcnn", *THREADED, "trainer.epochs=100000", "trainer.precision=32"]
-    result = gpu_sweep_check(tmp_path, out, *endless, PHASES="fast", FAST_LIMIT="45")
-    assert result.returncode == 124, result.stdout + result.stderr
-    assert "fast sweep: STOPPED at FAST_LIMIT=45 s" in (out / "timing.txt").read_text()
-    assert not (out / "weights_fast.tar").exists() and not (out / "summary_fast.md").exists()
-    progress = (out / "progress_fast.md").read_text()
-    for job in ("0_model=srcnn", "1_model=deblurcnn"):
-        done, planned = map(int, progress.split(f"| {job} | ")[1].split(" | ")[:2])
-        assert done >= 1 and planned == 100000 and f"(projection: {planned - done} x " in progress
-        assert (tmp_path / "sweeps" / "fast" / job / "checkpoints" / "last.pt").is_file()  # resumable

@@ -5,12 +5,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from deblur_exp.checkpoint import load_checkpoint
+from deblur_exp.data.dihedral import dihedral
 from deblur_exp.errors import DeblurError
-from deblur_exp.restore import dihedral
+from deblur_exp.runs.checkpoint import load_checkpoint
 from deblur_exp.runtime import TrainingInterrupted
-from deblur_exp.tracking import METRIC_FIELDS
-from deblur_exp.training import train
+from deblur_exp.training.loop import train
+from deblur_exp.training.tracking import METRIC_FIELDS
 from tests.conftest import TINY, dataset, interrupt_after_epoch
 
 
@@ -109,7 +109,7 @@ def test_eval_every_scoring_is_not_counted_in_max_time(make_cfg, tmp_path, monke
     clock the budget reads (time.perf_counter, moved on by the patched scoring): the scoring is paused time."""
     import time
 
-    import deblur_exp.evaluation as evaluation
+    import deblur_exp.evaluation.scoring as evaluation
 
     real, skipped = time.perf_counter, [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: real() + skipped[0])
@@ -222,8 +222,8 @@ def test_batches_equal_to_tensor_of_the_permuted_patches(monkeypatch, channels_l
     import numpy as np
     from torchvision.transforms.functional import to_tensor
 
+    from deblur_exp.data.batches import PatchTensors
     from deblur_exp.data.patches import PatchSet
-    from deblur_exp.batches import PatchTensors
 
     rng = np.random.default_rng(0)
     sharp, degraded = (rng.integers(0, 256, (23, 5, 5, 3), dtype=np.uint8) for _ in range(2))
@@ -252,7 +252,7 @@ def test_augmented_batches_are_one_dihedral_view_of_both_tensors(channels_last):
     and sharp (pairs stay aligned), drawn from the generator (so reproducible), and all 8 occur."""
     import numpy as np
 
-    from deblur_exp.batches import PatchTensors
+    from deblur_exp.data.batches import PatchTensors
     from deblur_exp.data.patches import PatchSet
 
     rng = np.random.default_rng(2)
@@ -298,8 +298,8 @@ def test_reduce_overhead_compile_mode_trains_on_cpu(make_cfg, monkeypatch):
 def test_patches_that_do_not_fit_the_gpu_stay_in_host_memory(monkeypatch):
     import numpy as np
 
+    from deblur_exp.data.batches import PatchTensors
     from deblur_exp.data.patches import PatchSet
-    from deblur_exp.batches import PatchTensors
 
     sharp = np.zeros((100, 8, 8, 3), np.uint8)  # 2 x 19,200 bytes of patches
     patches = PatchSet(sharp, sharp.copy(), np.zeros(100, np.int64), ["zeros"])
@@ -311,7 +311,7 @@ def test_patches_that_do_not_fit_the_gpu_stay_in_host_memory(monkeypatch):
 def test_a_run_with_host_staged_patches_equals_one_with_resident_patches(make_cfg, tmp_path, monkeypatch):
     """The whole loop (training, validation, image grid) through the staging path gives the same run, bit for
     bit, as with patches on the training device: where the patches live changes speed, never results."""
-    from deblur_exp.batches import PatchTensors
+    from deblur_exp.data.batches import PatchTensors
 
     overrides = [*TINY, "model=srcnn", "trainer.deterministic=true"]
     resident = train(make_cfg(overrides, run_dir=tmp_path / "resident"))
@@ -401,7 +401,7 @@ def test_a_luma_model_trains_scores_and_restores_rgb_photos(make_cfg, tmp_path):
     assert after.shape == before.shape
 
     # Only Y goes through the model: with a model that changes nothing the photo comes back as it was.
-    from deblur_exp.restore import restore_photo
+    from deblur_exp.evaluation.restore import restore_photo
 
     restored = restore_photo(torch.nn.Identity(), "y", before)
     assert np.abs(np.round(restored * 255) - before).max() <= 1
@@ -424,7 +424,7 @@ def test_objective_held_out_returns_the_whole_image_psnr_of_the_held_out_images(
 @pytest.mark.parametrize("overrides", [["objective=Set5"], ["objective=held_out", "eval.enabled=false"],
                                        ["objective=held_out", "data.split=patch"], ["objective=psnr"]])
 def test_an_objective_the_run_does_not_score_is_refused_before_training(make_cfg, overrides):
-    from deblur_exp.config import check_config
+    from deblur_exp.training.config import check_config
 
     with pytest.raises(DeblurError, match=f"^{overrides[0]}: not scored by this run; choose val_psnr or"):
         check_config(make_cfg([*TINY, *overrides]))
@@ -437,7 +437,7 @@ def test_eval_checkpoint_last_makes_last_pt_stand_for_the_run(make_cfg, tmp_path
     import logging
     import shutil
 
-    from deblur_exp.run_dir import RunDir, run_checkpoint
+    from deblur_exp.runs.run_dir import RunDir, run_checkpoint
 
     run_dir = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="deblur_exp"):
@@ -456,10 +456,11 @@ def test_eval_checkpoint_last_makes_last_pt_stand_for_the_run(make_cfg, tmp_path
 
 
 def initial_model(cfg):
-    from deblur_exp.training import build_parts, set_up_runtime
+    from deblur_exp.runtime import Distributed
+    from deblur_exp.training.loop import build_parts, set_up_runtime
 
-    device, numerics = set_up_runtime(cfg.trainer)
-    return build_parts(cfg, device, numerics).model
+    device = torch.device("cpu")
+    return build_parts(cfg, device, set_up_runtime(cfg.trainer, device, Distributed()))["model"]
 
 
 def same_weights(model, weights) -> bool:
@@ -483,14 +484,14 @@ def test_init_weights_starts_the_model_from_a_run_and_nothing_else(make_cfg, tmp
 
 
 def test_init_weights_takes_a_shipped_pretrained_model(make_cfg):
-    from deblur_exp.pretrained import pretrained_path
+    from deblur_exp.runs.pretrained import pretrained_path
 
     shipped = load_checkpoint(pretrained_path("pretrained:edsr"))["model"]
     assert same_weights(initial_model(make_cfg([*TINY, "model=edsr", "init_weights=pretrained:edsr"])), shipped)
 
 
 def test_init_weights_that_do_not_fit_are_refused_naming_the_file(make_cfg, tmp_path):
-    from deblur_exp.config import check_config
+    from deblur_exp.training.config import check_config
 
     source = tmp_path / "source"
     train(make_cfg([*TINY, "model=srcnn", "trainer.epochs=1"], source))

@@ -19,10 +19,9 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from deblur_exp.atomic import WriteFailed, atomic_write
-from deblur_exp.config import DataConfig, DegradationConfig
-from deblur_exp.data.degrade import degrade, imresize_matlab, sharp_for
+from deblur_exp.data.degrade import DegradationConfig, degrade, imresize_matlab, sharp_for
 from deblur_exp.data.images import Image
-from deblur_exp.data.sources import image_source
+from deblur_exp.data.sources import DataConfig, image_source
 from deblur_exp.errors import DeblurError
 
 log = logging.getLogger(__name__)

@@ -7,15 +7,37 @@ patch cache can be checked without decoding a single image.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List, Optional
 
-from deblur_exp.config import DataConfig
+from omegaconf import MISSING
+
 from deblur_exp.data.images import Image, read_folder, scan_folder, to_rgb_uint8
 from deblur_exp.errors import DeblurError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    source: str = "folder"
+    root: Optional[str] = None
+    images: Optional[List[str]] = None
+    val_images: Optional[List[str]] = None
+    patch_size: int = 35
+    stride: int = 14
+    val_fraction: float = 0.1
+    split: str = "image"
+    color: str = "rgb"
+    augment: bool = False
+    scales: List[float] = field(default_factory=lambda: [1.0])
+    cache: bool = True
+    download: bool = False
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    expected_images: Optional[int] = None
 
 
 @dataclass

@@ -12,18 +12,24 @@ import importlib
 import inspect
 import logging
 import pkgutil
-import threading
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict
 
+from omegaconf import MISSING
 from torch import nn
 
 from deblur_exp.errors import DeblurError
 
 log = logging.getLogger(__name__)
 
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    params: Dict[str, Any] = field(default_factory=dict)
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _discovered = False
-_discovering = threading.RLock()  # jobs of one process (hydra/launcher=threads) may ask at the same moment
 
 
 def register_model(name: str | None = None):
@@ -41,15 +47,14 @@ def register_model(name: str | None = None):
 
 def _discover() -> None:
     global _discovered
-    with _discovering:
-        if _discovered:
-            return
-        for module in pkgutil.iter_modules(__path__):
-            try:
-                importlib.import_module(f"{__name__}.{module.name}")
-            except Exception as exc:  # one broken architecture must not hide the others
-                log.warning("could not import model module %s: %s", module.name, exc)
-        _discovered = True
+    if _discovered:
+        return
+    for module in pkgutil.iter_modules(__path__):
+        try:
+            importlib.import_module(f"{__name__}.{module.name}")
+        except Exception as exc:  # one broken architecture must not hide the others
+            log.warning("could not import model module %s: %s", module.name, exc)
+    _discovered = True
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -9,12 +9,11 @@ import torch
 from torch import nn
 
 from deblur_exp.models import register_model
-from deblur_exp.models.layers import Dropout2d
 
 
 def _conv_relu_drop(c_in: int, c_out: int, kernel: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2), nn.ReLU(inplace=True), Dropout2d(dropout)
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2), nn.ReLU(inplace=True), nn.Dropout2d(dropout)
     )
 
 

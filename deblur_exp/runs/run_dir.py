@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 from pathlib import Path
 
 from deblur_exp.errors import DeblurError
@@ -167,8 +166,6 @@ class RunDir:
         """Send the deblur_exp log to train.log (appending: a resumed run continues its log)."""
         handler = logging.FileHandler(self.log, mode="a", encoding="utf-8")
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
-        # Only this thread's records: under hydra/launcher=threads several runs log through one logger at once.
-        handler.addFilter(lambda record, thread=threading.get_ident(): record.thread == thread)
         logging.getLogger("deblur_exp").addHandler(handler)
         logging.getLogger("deblur_exp").setLevel(logging.INFO)
         return handler
@@ -184,22 +181,3 @@ def run_checkpoint(run: Path) -> Path | None:
     return RunDir(run).checkpoint()
 
 
-def find_checkpoints(target: str | Path) -> list[Path]:
-    """A checkpoint file, a run folder (its eval.checkpoint: best.pt unless it says last), a sweep folder (every run in it) or
-    ``pretrained:<name>`` (a model shipped with the package)."""
-    # lazy: pretrained imports checkpoint, which imports this module
-    from deblur_exp.pretrained import is_pretrained, pretrained_path
-
-    if is_pretrained(target):
-        return [pretrained_path(target)]
-    target = Path(target).expanduser()
-    if target.is_file():
-        return [target]
-    if not target.is_dir():
-        raise DeblurError(f"{target}: no such checkpoint file or run folder")
-    runs = [target] if RunDir(target).checkpoints.is_dir() else sorted({p.parent.parent
-                                                                        for p in target.rglob("checkpoints/*.pt")})
-    found = [c for c in map(run_checkpoint, runs) if c is not None]
-    if not found:
-        raise DeblurError(f"{target}: holds no checkpoints/best.pt or last.pt (is it a run or sweep folder?)")
-    return found

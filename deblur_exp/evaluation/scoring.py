@@ -4,25 +4,24 @@ did, restore it, and tabulate PSNR/SSIM of degraded and restored against sharp."
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from deblur_exp.checkpoint import load_checkpoint
-from deblur_exp.config import DegradationConfig, EvalConfig
-from deblur_exp.data.degrade import degrade, min_image_size, sharp_for
+from deblur_exp.data.degrade import DegradationConfig, degrade, min_image_size, sharp_for
 from deblur_exp.data.images import Image, read_folder
 from deblur_exp.errors import DeblurError
-from deblur_exp.figures import three_panel
+from deblur_exp.evaluation.figures import three_panel
+from deblur_exp.evaluation.restore import RestoreOptions, restore_batch, restore_image, to_uint8
 from deblur_exp.metrics import IMAGE_METRICS, SSIM_WINDOW, describe_scores, score_fields
 from deblur_exp.models import build_model
-from deblur_exp.restore import restore_batch, restore_image, to_uint8
-from deblur_exp.run_dir import RunDir
+from deblur_exp.runs.checkpoint import load_checkpoint
+from deblur_exp.runs.run_dir import RunDir
 from deblur_exp.tables import write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -31,6 +30,26 @@ IMAGE_FIELDS = ["image", "size", *score_fields()]
 
 
 PROTOCOL = ("y_channel", "crop_border")  # the eval keys that decide what a PSNR/SSIM figure means
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    every: Optional[int] = None
+    checkpoint: str = "best"
+    sets: List[str] = field(default_factory=lambda: ["Set5", "Set14"])
+    held_out: bool = True
+    images: Optional[str] = None
+    y_channel: bool = False
+    crop_border: int = 0
+    tile: Optional[int] = None
+    tile_overlap: int = 32
+    self_ensemble: bool = False
+    figures: bool = True
+    tensorboard_images: int = 3
+    download: bool = False
+    urls: Dict[str, Optional[str]] = field(default_factory=dict)
+    sha256: Dict[str, Optional[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,16 +92,33 @@ def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: s
     return Restorer(label, state["arch"], model, degradation, color, checkpoint, state["epoch"], config)
 
 
-def score_image(restorer: Restorer, sharp: np.ndarray, device, tile=None, tile_overlap=32, self_ensemble=False,
-                y_channel=False, crop_border=0, grey=False) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class ScoringOptions(RestoreOptions):
+    """How whole images are restored (RestoreOptions) and scored: on RGB or the BT.601 Y channel, with
+    ``crop_border`` pixels shaved per side; ``batch_pixels``: how many pixels of same-sized images to restore
+    together (default GPU_BATCH_PIXELS on CUDA, one image at a time elsewhere)."""
+
+    y_channel: bool = False
+    crop_border: int = 0
+    batch_pixels: int | None = None
+
+    @classmethod
+    def of(cls, eval_cfg) -> "ScoringOptions":
+        """The options an ``eval`` config (or anything with its keys) asks for."""
+        keys = ("tile", "tile_overlap", "self_ensemble", "y_channel", "crop_border")
+        return cls(**{key: getattr(eval_cfg, key) for key in keys})
+
+
+def score_image(restorer: Restorer, sharp: np.ndarray, device, options: ScoringOptions = ScoringOptions(),
+                grey: bool = False) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """Degrade ``sharp`` (RGB as read) with the run's own degradation, restore it, and score both against it.
 
     Returns (scores, sharp, degraded, restored), the sharp image as the model sees it: in the run's colour
     (RGB or Y) and cropped to the scale when the degradation asks for it.
     """
-    sharp, degraded = degraded_pair(restorer, sharp, grey, crop_border)
-    restored = restore_image(restorer.model, degraded, device, tile, tile_overlap, self_ensemble)
-    return image_row(sharp, degraded, restored, y_channel, crop_border, device), sharp, degraded, restored
+    sharp, degraded = degraded_pair(restorer, sharp, grey, options.crop_border)
+    restored = restore_image(restorer.model, degraded, device, options)
+    return image_row(sharp, degraded, restored, options, device), sharp, degraded, restored
 
 
 def degraded_pair(restorer: Restorer, sharp: np.ndarray, grey=False, crop_border=0) -> tuple[np.ndarray, np.ndarray]:
@@ -97,9 +133,10 @@ def degraded_pair(restorer: Restorer, sharp: np.ndarray, grey=False, crop_border
     return sharp, degrade(sharp, restorer.degradation)
 
 
-def image_row(sharp, degraded, restored, y_channel=False, crop_border=0, device="cpu") -> dict:
+def image_row(sharp, degraded, restored, options: ScoringOptions, device="cpu") -> dict:
     height, width = sharp.shape[:2]
-    return {"size": f"{width}x{height}", **score_pair(sharp, degraded, restored, y_channel, crop_border, device)}
+    scores = score_pair(sharp, degraded, restored, options.y_channel, options.crop_border, device)
+    return {"size": f"{width}x{height}", **scores}
 
 
 def score_pair(sharp: np.ndarray, degraded: np.ndarray, restored: np.ndarray, y_channel=False,
@@ -130,13 +167,12 @@ def same_size_batches(images: list[Image], max_pixels: int) -> list[list[int]]:
     return sorted(batches)
 
 
-def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=True, on_image=None, tile=None,
-                 tile_overlap=32, self_ensemble=False, y_channel=False, crop_border=0,
-                 batch_pixels: int | None = None) -> tuple[list[dict], list[str]]:
+def evaluate_set(restorer: Restorer, images: Iterable[Image], device, options: ScoringOptions = ScoringOptions(),
+                 progress: bool = True, on_image=None) -> tuple[list[dict], list[str]]:
     """Per-image rows for a set, in the set's order; images that fail are reported as problems and the rest carry
-    on. ``batch_pixels``: how many pixels of same-sized images to restore together (default: GPU_BATCH_PIXELS on
-    CUDA, one image at a time elsewhere)."""
+    on. ``on_image(image, sharp, degraded, restored, row)`` sees each image as it is scored."""
     images = list(images)
+    batch_pixels = options.batch_pixels
     if batch_pixels is None:
         batch_pixels = GPU_BATCH_PIXELS if torch.device(device).type == "cuda" else 0
     rows, problems = {}, []
@@ -145,16 +181,15 @@ def evaluate_set(restorer: Restorer, images: Iterable[Image], device, progress=T
         for batch in same_size_batches(images, batch_pixels):
             pairs = {}
             for index in batch:
-                image = images[index]
                 try:
-                    pairs[index] = degraded_pair(restorer, image.rgb, image.grey, crop_border)
+                    pairs[index] = degraded_pair(restorer, images[index].rgb, images[index].grey, options.crop_border)
                 except DeblurError as exc:
-                    problems.append(f"{image.path or image.name}: {exc}")
-            restored = restore_batch(restorer.model, [degraded for _, degraded in pairs.values()], device, tile,
-                                     tile_overlap, self_ensemble) if pairs else []
+                    problems.append(f"{images[index].path or images[index].name}: {exc}")
+            restored = restore_batch(restorer.model, [degraded for _, degraded in pairs.values()], device,
+                                     options) if pairs else []
             for (index, (sharp, degraded)), restored_image in zip(pairs.items(), restored):
-                row = image_row(sharp, degraded, restored_image, y_channel, crop_border, device)
-                rows[index] = {"image": images[index].name, **row}
+                rows[index] = {"image": images[index].name,
+                               **image_row(sharp, degraded, restored_image, options, device)}
                 if on_image is not None:
                     on_image(images[index], sharp, degraded, restored_image, rows[index])
             bar.update(len(batch))
@@ -201,30 +236,28 @@ def eval_image_sets(eval_cfg, data_dir: str | Path, held_out: list[Image] | None
 def evaluate_run(cfg: DictConfig, run: RunDir, device, writer, held_out, step: int) -> dict:
     """Score the run's checkpoint (eval.checkpoint) on the eval sets: eval/<set>.csv, eval/summary.json, figures
     and TensorBoard."""
-    e = cfg.eval
-    sets, problems = eval_image_sets(e, cfg.paths.data_dir, held_out)
+    eval_cfg = cfg.eval
+    sets, problems = eval_image_sets(eval_cfg, cfg.paths.data_dir, held_out)
     for problem in problems:
         log.warning("eval: skipping %s", problem)
     if not sets:
         log.info("eval: no image sets found; nothing scored")
         return {}
-    checkpoint = run.checkpoint(e.checkpoint)
+    checkpoint = run.checkpoint(eval_cfg.checkpoint)
     restorer = load_restorer(checkpoint, device, label=cfg.model.name)
     log.info("eval: scoring %s (epoch %d)", checkpoint.relative_to(run.path).as_posix(), restorer.epoch)
-    options = dict(tile=e.tile, tile_overlap=e.tile_overlap, self_ensemble=e.self_ensemble, y_channel=e.y_channel,
-                   crop_border=e.crop_border)
+    options = ScoringOptions.of(eval_cfg)
     summary = {}
     for set_name, images in sets.items():
         shown = []
 
         def keep(image, sharp, degraded, restored, row):
-            if e.figures:
-                three_panel(run.eval_figure(set_name, image.name), sharp, degraded,
-                            restored, row["psnr_degraded"], row["psnr_restored"], image.name)
-            if len(shown) < e.tensorboard_images:
+            if eval_cfg.figures:
+                three_panel(run.eval_figure(set_name, image.name), sharp, degraded, restored, row, image.name)
+            if len(shown) < eval_cfg.tensorboard_images:
                 shown.append((image.name, np.concatenate([degraded, to_uint8(restored), sharp], axis=1)))
 
-        rows, bad = evaluate_set(restorer, images, device, progress=cfg.trainer.progress, on_image=keep, **options)
+        rows, bad = evaluate_set(restorer, images, device, options, progress=cfg.trainer.progress, on_image=keep)
         for problem in bad:
             log.warning("eval %s: skipping %s", set_name, problem)
         write_csv(run.eval_table(set_name), rows, IMAGE_FIELDS)
@@ -254,12 +287,11 @@ class ScoresDuringTraining:
 
     def __init__(self, cfg: DictConfig, run: RunDir, model: torch.nn.Module, device, sets: dict[str, list[Image]],
                  start_epoch: int):
-        from deblur_exp.tracking import MetricsTable
+        from deblur_exp.tables import MetricsTable
 
-        e = cfg.eval
+        eval_cfg = cfg.eval
         self.sets, self.device = sets, device
-        self.options = dict(tile=e.tile, tile_overlap=e.tile_overlap, self_ensemble=e.self_ensemble,
-                            y_channel=e.y_channel, crop_border=e.crop_border)
+        self.options = ScoringOptions.of(eval_cfg)
         degradation = DegradationConfig(**OmegaConf.to_container(cfg.degradation, resolve=True))
         self.restorer = Restorer(cfg.model.name, cfg.model.name, model, degradation, cfg.data.color, run.last,
                                  start_epoch, OmegaConf.to_container(cfg, resolve=True))
@@ -285,7 +317,7 @@ class ScoresDuringTraining:
     def score(self, epoch: int, writer) -> None:
         """Score every set with the model as it is now (it is left in eval mode; training sets its own mode)."""
         for set_name, images in self.sets.items():
-            rows, problems = evaluate_set(self.restorer, images, self.device, progress=False, **self.options)
+            rows, problems = evaluate_set(self.restorer, images, self.device, self.options, progress=False)
             if not self.warned:  # the same images fail every time: say so once
                 for problem in problems:
                     log.warning("eval.every %s: skipping %s", set_name, problem)

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Run COMMAND on a lent GPU machine after setting it up from the carried .whl/ (scripts/gpu_carry.sh made it):
+# Run COMMAND on a lent GPU machine after setting it up from the carried .whl/ (.gpu/carry.sh made it):
 # installs the carried wheels that are missing (offline, into /tmp/lease-site), imports the project from this
 # checkout, reads the carried datasets, and, with MPS=1, starts CUDA MPS so that the parallel jobs of a sweep run
 # their kernels side by side instead of time-slicing the GPU (kept only if a CUDA probe passes under it; the log
 # says which).
 #
 #   device run, carry=[".whl"]:
-#     bash scripts/gpu_lease.sh bash scripts/cuda_check.sh "$OUT/cuda_check"
-#     MPS=1 bash scripts/gpu_lease.sh bash scripts/gpu_study.sh 1 8 outputs/multirun/seed_gpu "$OUT"
-#     bash scripts/gpu_lease.sh bash scripts/gpu_sweep_check.sh "$OUT"
+#     bash .gpu/lease.sh bash .gpu/cuda_check.sh "$OUT/cuda_check"
+#     MPS=1 bash .gpu/lease.sh bash .gpu/study.sh 1 8 outputs/multirun/seed_gpu "$OUT"
+#     bash .gpu/lease.sh bash .gpu/sweep_check.sh "$OUT"
 #
 # CARRY (default .whl) names the carried folder. Everything the command prints is also in $OUT/lease.log when
 # OUT is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 carry=$(realpath -m "${CARRY:-.whl}")
-[ $# -gt 0 ] || { echo "usage: [MPS=1] bash scripts/gpu_lease.sh COMMAND [ARGS...]" >&2; exit 2; }
-[ -d "$carry" ] || { echo "gpu_lease: $carry not found: run scripts/gpu_carry.sh here and carry it" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: [MPS=1] bash .gpu/lease.sh COMMAND [ARGS...]" >&2; exit 2; }
+[ -d "$carry" ] || { echo "gpu_lease: $carry not found: run .gpu/carry.sh here and carry it" >&2; exit 2; }
 if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; exec > >(tee -a "$OUT/lease.log") 2>&1; fi
 python=$(command -v python3 || command -v python)
 

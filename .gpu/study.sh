@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A sweep that outlives GPU leases: run it for one lease, stop cleanly, pack what the next lease needs, repeat.
 #
-#   bash scripts/gpu_study.sh LEASE_NUMBER MINUTES_PER_LEASE SWEEP_DIR OUT_DIR [train.py overrides ...]
+#   bash .gpu/study.sh LEASE_NUMBER MINUTES_PER_LEASE SWEEP_DIR OUT_DIR [train.py overrides ...]
 #
 # Every job trains under trainer.max_time = LEASE_NUMBER x MINUTES_PER_LEASE: the budget is counted across
 # resumes (it is saved in last.pt), so lease k lets each job train MINUTES_PER_LEASE more minutes, stop after
@@ -10,21 +10,15 @@
 # previous.pt, metrics, summaries) is packed into OUT_DIR in 15 MiB parts; unpack them into the next lease's
 # SWEEP_DIR parent: cat OUT_DIR/state.tar.gz.part-* | tar -xzf - -C <parent>.
 #
-# Example, the seed study on one GPU (defaults: joblib, all five side by side, compiled, fused Adam;
-# LAUNCHER=threads runs the five in one process instead, a CUDA stream each, uncompiled):
-#   bash scripts/gpu_study.sh 1 9 outputs/multirun/seed_gpu "$OUT"
-#   (next lease, after unpacking)  bash scripts/gpu_study.sh 2 9 outputs/multirun/seed_gpu "$OUT"
+# Example, the seed study on one GPU (joblib, all five side by side, compiled, fused Adam):
+#   bash .gpu/study.sh 1 9 outputs/multirun/seed_gpu "$OUT"
+#   (next lease, after unpacking)  bash .gpu/study.sh 2 9 outputs/multirun/seed_gpu "$OUT"
 set -uo pipefail
 lease=$1 minutes=$2 sweep=$3 out=$4
 shift 4
 mkdir -p "$out" "$(dirname "$sweep")"
 budget=$(python -c "print(round($lease * $minutes, 4))")
-case ${LAUNCHER:-joblib} in  # threads refuses torch.compile (not thread-safe)
-  joblib) launcher=(hydra/launcher=joblib hydra.launcher.n_jobs=5
-                    trainer.compile=true trainer.compile_mode=reduce-overhead) ;;
-  threads) launcher=(hydra/launcher=threads) ;;
-  *) echo "error: LAUNCHER must be joblib or threads (got ${LAUNCHER})" >&2; exit 2 ;;
-esac
+launcher=(hydra/launcher=joblib hydra.launcher.n_jobs=5 trainer.compile=true trainer.compile_mode=reduce-overhead)
 defaults=("${launcher[@]}" experiment=seed model=deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr
           optimizer.fused=true)
 args=("$@")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
-import threading
 from pathlib import Path
 
 import matplotlib
@@ -14,18 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deblur_exp.atomic import atomic_write  # noqa: E402
-
-# pyplot keeps process-wide state (its figure manager, the text layout's parser). Jobs that share a process
-# (hydra/launcher=threads) often finish together, and two figures drawn at once failed; so one at a time.
-_DRAWING = threading.RLock()
-
-
-def _drawn_alone(draw):
-    @functools.wraps(draw)
-    def locked(*args, **kwargs):
-        with _DRAWING:
-            return draw(*args, **kwargs)
-    return locked
 
 
 def _save(fig, path: Path) -> None:
@@ -45,7 +31,6 @@ def _show(ax, image: np.ndarray, **kwargs) -> None:
     ax.imshow(image, **grey, **kwargs)
 
 
-@_drawn_alone
 def panels(path: Path, images: list[np.ndarray], titles: list[str], suptitle: str | None = None) -> None:
     """One row of images with a title each."""
     height, width = images[0].shape[:2]
@@ -60,11 +45,11 @@ def panels(path: Path, images: list[np.ndarray], titles: list[str], suptitle: st
     _save(fig, path)
 
 
-def three_panel(path: Path, sharp, degraded, restored, psnr_degraded: float, psnr_restored: float,
-                name: str = "") -> None:
-    """The seed notebook's figure: Sharp | Degraded (PSNR) | Restored (PSNR)."""
-    panels(path, [sharp, degraded, restored],
-           ["Sharp", f"Degraded ({psnr_degraded:.2f} dB)", f"Restored ({psnr_restored:.2f} dB)"], name or None)
+def three_panel(path: Path, sharp, degraded, restored, scores: dict, name: str = "") -> None:
+    """The seed notebook's figure: Sharp | Degraded (PSNR) | Restored (PSNR); ``scores`` holds psnr_degraded and
+    psnr_restored."""
+    panels(path, [sharp, degraded, restored], ["Sharp", f"Degraded ({scores['psnr_degraded']:.2f} dB)",
+                                               f"Restored ({scores['psnr_restored']:.2f} dB)"], name or None)
 
 
 def before_after(path: Path, before, after, name: str = "") -> None:
@@ -89,7 +74,6 @@ def detail_box(sharp: np.ndarray, size: int | None = None) -> tuple[int, int, in
     return int(top), int(left), size
 
 
-@_drawn_alone
 def zoomed_comparison(path: Path, rows: list[list[tuple[str, np.ndarray]]], box: tuple[int, int, int],
                       suptitle: str | None = None) -> None:
     """Rows of titled full panels, each with its zoomed crop (``box`` = top, left, size) under it.
@@ -124,7 +108,6 @@ def zoomed_comparison(path: Path, rows: list[list[tuple[str, np.ndarray]]], box:
     _save(fig, path)
 
 
-@_drawn_alone
 def learning_curves(path: Path, runs: dict[str, list[dict]], baselines: dict[str, float] | None = None,
                     title: str | None = None, during: dict[str, list[dict]] | None = None) -> None:
     """Validation PSNR per epoch for every run on one axes (with the degraded input's PSNR as dashed lines),

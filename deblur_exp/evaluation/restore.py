@@ -7,9 +7,14 @@ are kept. When the overlap covers the model's receptive field the result equals 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
+
+from deblur_exp.data.dihedral import DIHEDRAL_VIEWS, dihedral, dihedral_inverse
+from deblur_exp.data.images import rgb_to_ycbcr, ycbcr_to_rgb
 
 
 def _forward(model: nn.Module, degraded: torch.Tensor, tile: int | None, overlap: int) -> torch.Tensor:
@@ -28,41 +33,37 @@ def _forward(model: nn.Module, degraded: torch.Tensor, tile: int | None, overlap
     return restored
 
 
-# The 8 dihedral views as (quarter turns k, flipped) and their transforms: the x8 self-ensemble here, and
-# training's data.augment (which draws an index into DIHEDRAL_VIEWS, so this order is part of a seeded run).
-DIHEDRAL_VIEWS = tuple((k, flip) for flip in (False, True) for k in range(4))
+@dataclass(frozen=True)
+class RestoreOptions:
+    """How a whole image goes through a model: in one pass, or in ``tile``-pixel tiles that each see
+    ``tile_overlap`` pixels of context; with ``self_ensemble``, as the mean of its 8 dihedral views (x8)."""
 
-
-def dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    x = torch.rot90(x, k, dims=(2, 3))
-    return torch.flip(x, dims=(3,)) if flip else x
-
-
-def dihedral_inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    x = torch.flip(x, dims=(3,)) if flip else x
-    return torch.rot90(x, -k, dims=(2, 3))
+    tile: int | None = None
+    tile_overlap: int = 32
+    self_ensemble: bool = False
 
 
 def restore_image(model: nn.Module, degraded: np.ndarray, device: torch.device | str = "cpu",
-                  tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False) -> np.ndarray:
+                  options: RestoreOptions = RestoreOptions()) -> np.ndarray:
     """Restore an HxWxC uint8 image (C as the model was trained: 3 RGB or 1 luma); returns HxWxC float32 in [0, 1]."""
-    return restore_batch(model, [degraded], device, tile, tile_overlap, self_ensemble)[0]
+    return restore_batch(model, [degraded], device, options)[0]
 
 
 @torch.no_grad()
 def restore_batch(model: nn.Module, degraded: list[np.ndarray], device: torch.device | str = "cpu",
-                  tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False) -> list[np.ndarray]:
+                  options: RestoreOptions = RestoreOptions()) -> list[np.ndarray]:
     """``restore_image`` for images of one size, through the model together (one forward pass per tile and view)."""
     model.eval()
     # NHWC in memory, as the images are: the models run channels_last on it
     x = torch.from_numpy(np.stack(degraded)).permute(0, 3, 1, 2).float().div_(255).to(device)
-    if self_ensemble:
+    tile, overlap = options.tile, options.tile_overlap
+    if options.self_ensemble:
         total = torch.zeros(x.shape, dtype=torch.float32)
         for k, flip in DIHEDRAL_VIEWS:
-            total += dihedral_inverse(_forward(model, dihedral(x, k, flip), tile, tile_overlap), k, flip)
+            total += dihedral_inverse(_forward(model, dihedral(x, k, flip), tile, overlap), k, flip)
         restored = total / len(DIHEDRAL_VIEWS)
     else:
-        restored = _forward(model, x, tile, tile_overlap)
+        restored = _forward(model, x, tile, overlap)
     return list(restored.clamp_(0, 1).permute(0, 2, 3, 1).numpy())
 
 
@@ -71,14 +72,12 @@ def to_uint8(restored: np.ndarray) -> np.ndarray:
 
 
 def restore_photo(model: nn.Module, color: str, rgb: np.ndarray, device: torch.device | str = "cpu",
-                  tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False) -> np.ndarray:
+                  options: RestoreOptions = RestoreOptions()) -> np.ndarray:
     """Restore an RGB photo with a model trained on ``color``: "rgb" directly; "y" (a luma model, as in the SR
     literature) restores the BT.601 Y channel and keeps the photo's own Cb and Cr. Returns HxWx3 float in [0, 1]."""
     if color == "rgb":
-        return restore_image(model, rgb, device, tile, tile_overlap, self_ensemble)
-    from deblur_exp.data.images import rgb_to_ycbcr, ycbcr_to_rgb
-
+        return restore_image(model, rgb, device, options)
     ycbcr = rgb_to_ycbcr(rgb)
     luma = np.round(ycbcr[:, :, :1]).astype(np.uint8)
-    ycbcr[:, :, :1] = restore_image(model, luma, device, tile, tile_overlap, self_ensemble) * 255.0
+    ycbcr[:, :, :1] = restore_image(model, luma, device, options) * 255.0
     return ycbcr_to_rgb(ycbcr).astype(np.float32) / 255.0

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from deblur_exp.data.dihedral import DIHEDRAL_VIEWS, dihedral
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
-from deblur_exp.restore import DIHEDRAL_VIEWS, dihedral
 from deblur_exp.runtime import Distributed
 
 log = logging.getLogger("deblur_exp")

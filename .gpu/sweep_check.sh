@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 10 on a lent GPU: the five-model experiment=seed sweep at full length, timed from the command to its
-# summary.md (phase "fast"; with the threads launcher it first checks, in seconds, that trainer.cuda_graph's
+# summary.md (phase "fast"; it first checks, in seconds, that trainer.cuda_graph's
 # replays follow eager steps on this device), and its first PLAIN_EPOCHS epochs held against a plain sweep: fp32,
 # eager, one process per job (phase "plain", scripts/compare_sweeps.py, the 0.1 dB rule); then Set14 evaluation
 # images/s on this device, torch SSIM vs scikit-image (phase "scoring", scripts/benchmark.py; issue 10's point 4).
@@ -9,26 +9,21 @@
 # scoring.json, and sweeps.tar.gz (both sweeps' logs, metrics and summaries; no checkpoints). At most 7 files a
 # call, within the device tool's 8.
 #
-#   bash scripts/gpu_sweep_check.sh OUT                   (through scripts/gpu_lease.sh; all phases, one call)
+#   bash .gpu/sweep_check.sh OUT                   (through .gpu/lease.sh; all phases, one call)
 #   PHASES=fast ... then PHASES='plain scoring' ...       (two calls on the warm machine: each fits a 600 s call)
-#   LAUNCHER=joblib MPS=1 ...                             (five processes, compiled, under CUDA MPS)
+#   MPS=1 ...                                             (five processes, compiled, under CUDA MPS)
 #
-# LAUNCHER: threads (default; one process, a CUDA stream per job, each job's training step replayed from a CUDA
-# graph: trainer.cuda_graph) or joblib (a process per job, torch.compile with CUDA graphs). FAST_LIMIT (seconds, default 480: issue 10's goal): a sweep still running then
+# The fast sweep: joblib, a process per job, torch.compile with CUDA graphs. FAST_LIMIT (seconds, default 480: issue 10's goal): a sweep still running then
 # is stopped with SIGTERM (every job saves last.pt; resume=auto continues it) and progress_fast.md records the
 # epochs each job reached and its measured epoch times. PLAIN_EPOCHS (default 20). SWEEPS (default
 # outputs/gpu_sweep_check) holds the sweeps between the phases. Any further arguments are train.py overrides for
 # both sweeps (the CPU test passes tiny data and epochs here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { echo "usage: [PHASES='fast plain scoring'] [LAUNCHER=threads|joblib] bash scripts/gpu_sweep_check.sh OUT [overrides...]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: [PHASES='fast plain scoring'] bash .gpu/sweep_check.sh OUT [overrides...]" >&2; exit 2; }
 out=$(realpath -m "$1"); shift
-case ${LAUNCHER:-threads} in
-  threads) fast=(hydra/launcher=threads optimizer.fused=true trainer.cuda_graph=true) ;;
-  joblib) fast=(hydra/launcher=joblib hydra.launcher.n_jobs=5 trainer.compile=true
-                trainer.compile_mode=reduce-overhead optimizer.fused=true) ;;
-  *) echo "error: LAUNCHER must be threads or joblib (got ${LAUNCHER})" >&2; exit 2 ;;
-esac
+fast=(hydra/launcher=joblib hydra.launcher.n_jobs=5 trainer.compile=true trainer.compile_mode=reduce-overhead
+      optimizer.fused=true)
 phases=${PHASES:-fast plain scoring}
 fast_limit=${FAST_LIMIT:-480}
 plain_epochs=${PLAIN_EPOCHS:-20}
@@ -40,11 +35,10 @@ export PYTHONUNBUFFERED=1
 status=0
 
 if [[ " $phases " == *" fast "* ]]; then
-  if [ "${LAUNCHER:-threads}" = threads ]; then  # seconds: does the capture itself hold on this device?
-    if python -m pytest -q -p no:cacheprovider tests/test_graphed_step.py -k this_machines > "$out/graph_check.log" 2>&1
-    then echo "cuda_graph check: graphed steps follow eager ones (deblurcnn, dncnn)"
-    else echo "cuda_graph check: FAILED, see graph_check.log (the sweep runs anyway)"; fi | tee -a "$out/timing.txt"
-  fi
+  # seconds: does trainer.cuda_graph's capture hold on this device?
+  if python -m pytest -q -p no:cacheprovider tests/test_graphed_step.py -k this_machines > "$out/graph_check.log" 2>&1
+  then echo "cuda_graph check: graphed steps follow eager ones (deblurcnn, dncnn)"
+  else echo "cuda_graph check: FAILED, see graph_check.log (the sweep runs anyway)"; fi | tee -a "$out/timing.txt"
   rm -rf "$sweeps/fast"
   started=$(date +%s.%N)
   # timeout signals the whole process group, so the joblib workers stop (and checkpoint) too

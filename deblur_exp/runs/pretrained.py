@@ -11,12 +11,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from deblur_exp.checkpoint import load_checkpoint, save_checkpoint, weights_only
 from deblur_exp.errors import DeblurError
+from deblur_exp.runs.checkpoint import load_checkpoint, save_checkpoint, weights_only
 from deblur_exp.tables import write_json
 
 PREFIX = "pretrained:"
-FOLDER = Path(__file__).resolve().parent / "weights"
+FOLDER = Path(__file__).resolve().parents[1] / "weights"  # deblur_exp/weights
 MANIFEST = "manifest.json"
 DEGRADED = "_degraded"  # the suffix of a score key that holds the degraded input's figure
 

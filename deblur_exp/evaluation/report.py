@@ -22,11 +22,11 @@ from tqdm import tqdm
 from deblur_exp.data.degrade import DegradationConfig, degrade, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation import Restorer, bar_off, load_restorer, score_pair
-from deblur_exp.figures import detail_box, learning_curves, zoomed_comparison
+from deblur_exp.evaluation.figures import detail_box, learning_curves, zoomed_comparison
+from deblur_exp.evaluation.restore import restore_image
+from deblur_exp.evaluation.scoring import Restorer, bar_off, load_restorer, score_pair
 from deblur_exp.metrics import IMAGE_METRICS
-from deblur_exp.restore import restore_image
-from deblur_exp.run_dir import RunDir, run_checkpoint
+from deblur_exp.runs.run_dir import RunDir, run_checkpoint
 from deblur_exp.tables import markdown_table, read_csv, write_csv, write_text
 
 # What the seed notebook reported for its five models (202 epochs, experiment=seed). Its validation PSNR is the
@@ -211,9 +211,19 @@ def machine() -> str:
     return f"{cpu} x {torch.get_num_threads()} threads{gpu}; torch {torch.__version__}"
 
 
-def write_report(out: Path, runs: list[RunResult], baseline: dict, set_names: list[str], y_crop: int,
-                 compare: str, command: str) -> str:
+@dataclass
+class ReportRequest:
+    """What a report covers and how it was asked for (its command goes into results.md)."""
+
+    set_names: list[str]
+    y_crop: int
+    compare: str
+    command: str
+
+
+def write_report(out: Path, runs: list[RunResult], baseline: dict, request: ReportRequest) -> str:
     """results.md (and results.csv) for people and for diffing."""
+    set_names, y_crop, compare, command = request.set_names, request.y_crop, request.compare, request.command
     text = "\n".join([
         f"# Results: {len(runs)} runs",
         "",

@@ -4,12 +4,10 @@ recorded once as a CUDA graph and replayed for every full batch. (For torch.comp
 
 Why graphs: a batch of 30 patches of 35x35 keeps each kernel busy for microseconds, so an eager step is bound by
 the CPU launching its few hundred kernels, not by the GPU (dncnn alone: 5,400 samples/s on an H200,
-results/h200_cuda_fp32.json). In a threaded sweep (hydra/launcher=threads) the five jobs also queue for one GIL and
-one autograd thread. A replay is one launch from the job's own thread, and the five jobs' graphs run side by side
-on their own streams.
+results/h200_cuda_fp32.json). A replay is one launch.
 
-What stays the same: the graph is the eager step (same ops in the same order, the dropout masks drawn from the
-run's own generator), so the weights follow an eager run's up to cuDNN's choice of kernels. The first
+What stays the same: the graph is the eager step (same ops in the same order, the dropout masks drawn from
+torch's CUDA generator, which the graph advances on every replay), so the weights follow an eager run's up to cuDNN's choice of kernels. The first
 ``WARMUP_STEPS`` full batches of each process run eagerly: they create the optimizer's state and let cuDNN's
 autotuner time its kernels, which it cannot do inside a capture; the capture then finds them in cuDNN's cache.
 A batch of another shape (an epoch's last) runs eagerly too. Checkpoints hold plain float learning rates
@@ -18,9 +16,7 @@ A batch of another shape (an epoch's last) runs eagerly too. Checkpoints hold pl
 What a graph needs from the optimizer: ``capturable`` mode (its step count lives on the GPU) and the learning rate
 as a tensor that schedulers update in place (``fill_``), since a captured kernel reads its arguments from fixed
 addresses; ``use_tensor_lr`` sets both up. No gradient scaler (fp16) and no torchrun: config.py and training.py
-refuse those, and optimizers without capturable mode. Captures and warm-ups in one process take turns with each
-other and with jobs setting up (``runtime.SETUP_LOCK``): a capture turns cuDNN's autotuner off process-wide, and
-a warm-up must not cache untuned kernels meanwhile.
+refuse those, and optimizers without capturable mode.
 
 On a CPU there is nothing to capture: the same path (static buffers, warm-up, eager odd batches, tensor learning
 rate) runs uncaptured, which is what the CPU tests check. The capture itself runs on CUDA only.
@@ -32,8 +28,6 @@ import logging
 from typing import Callable
 
 import torch
-
-from deblur_exp.runtime import SETUP_LOCK
 
 log = logging.getLogger("deblur_exp")
 
@@ -61,8 +55,7 @@ def autotune_then_freeze(step: Step) -> Step:
     """For torch.compile's own CUDA graphs (compile_mode reduce-overhead or max-autotune): cuDNN's autotuner times its
     kernels during the first step, which CUDA Graph Trees run without recording, and is then switched off, so that
     the recording in the next step finds the tuned kernels in cuDNN's cache. Autotuning inside a recording fails
-    ("FIND was unable to find an engine", seen on the H200 in epoch 2), which is why the autotuner used to be off
-    for these modes from the start; issue 10 suspects that for dncnn's slow epochs in the compiled sweep."""
+    ("FIND was unable to find an engine")."""
 
     def step_then_freeze(degraded: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
         loss = step(degraded, sharp)
@@ -75,9 +68,8 @@ def autotune_then_freeze(step: Step) -> Step:
 class GraphedStep:
     """``step`` replayed from a CUDA graph for every full batch (``batch_size`` patches); eager otherwise."""
 
-    def __init__(self, step: Step, device: torch.device, batch_size: int,
-                 dropout_rng: torch.Generator | None = None):
-        self.step, self.batch_size, self.dropout_rng = step, batch_size, dropout_rng
+    def __init__(self, step: Step, device: torch.device, batch_size: int):
+        self.step, self.batch_size = step, batch_size
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.cuda else None  # warm-up and capture run here
         self.shape: tuple | None = None  # the full batch's shape, from the first full batch
@@ -93,13 +85,10 @@ class GraphedStep:
         if tuple(degraded.shape) != self.shape or self.failed:
             return self.step(degraded, sharp)
         if self.inputs is None and self.eager_steps < WARMUP_STEPS:
-            self.eager_steps += 1
-            # cuDNN tunes these steps' kernels and caches its choice for good: not while another job of the
-            # process captures with the autotuner off, which would cache untuned kernels for this job instead
-            with SETUP_LOCK:
-                return self._on_own_stream(degraded, sharp)
+            self.eager_steps += 1  # cuDNN tunes these steps' kernels and caches its choice
+            return self._on_own_stream(degraded, sharp)
         if self.inputs is None and not self._capture(degraded, sharp):
-            return self._on_own_stream(degraded, sharp)  # not now (or never): this batch eagerly
+            return self._on_own_stream(degraded, sharp)  # torch refused the capture: eager from now on
         self.inputs[0].copy_(degraded)
         self.inputs[1].copy_(sharp)
         if self.graph is not None:
@@ -121,34 +110,24 @@ class GraphedStep:
         return loss
 
     def _capture(self, degraded: torch.Tensor, sharp: torch.Tensor) -> bool:
-        """Make the static inputs and record ``step`` on them (recording runs nothing). False while another job of
-        this process sets up or captures (SETUP_LOCK: jobs set process-wide flags such as cuDNN's autotuner, and
-        torch allows one capture at a time), so a later batch tries again; False for good if torch refuses."""
-        if not SETUP_LOCK.acquire(blocking=False):
-            return False
-        try:
-            inputs = (degraded.clone(), sharp.clone())  # clone keeps the memory format (channels_last)
-            if self.cuda:
-                self.graph = self._record(*inputs)
-                if self.graph is None:
-                    return False
-            self.inputs = inputs
-        finally:
-            SETUP_LOCK.release()
+        """Make the static inputs and record ``step`` on them (recording runs nothing); False if torch refuses."""
+        inputs = (degraded.clone(), sharp.clone())  # clone keeps the memory format (channels_last)
+        if self.cuda:
+            self.graph = self._record(*inputs)
+            if self.graph is None:
+                return False
+        self.inputs = inputs
         log.info("trainer.cuda_graph: training step %s after %d eager steps; batches of shape %s go through it",
                  "captured" if self.cuda else "set up (uncaptured on a CPU)", self.eager_steps, list(self.shape))
         return True
 
     def _record(self, degraded: torch.Tensor, sharp: torch.Tensor):
-        graph = torch.cuda.CUDAGraph()
-        if self.dropout_rng is not None:  # the masks' generator advances on every replay, as in eager steps
-            graph.register_generator_state(self.dropout_rng)
+        graph = torch.cuda.CUDAGraph()  # registers torch's default CUDA generator: dropout advances per replay
         autotune = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = False  # the warm-up's tuned kernels are cached; a miss takes heuristics
         try:
             self.stream.wait_stream(torch.cuda.current_stream())
-            # thread_local: the other jobs of a threaded sweep keep launching while this thread captures
-            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=self.stream):
                 self.loss = self.step(degraded, sharp)
             torch.cuda.current_stream().wait_stream(self.stream)
             return graph
@@ -161,11 +140,10 @@ class GraphedStep:
             torch.backends.cudnn.benchmark = autotune
 
 
-def graphed(step: Step, optimizer, device: torch.device, batch_size: int,
-            dropout_rng: torch.Generator | None = None) -> GraphedStep:
+def graphed(step: Step, optimizer, device: torch.device, batch_size: int) -> GraphedStep:
     """``step`` as a GraphedStep, with ``optimizer`` made ready for the capture (``use_tensor_lr``)."""
     use_tensor_lr(optimizer, device)
-    return GraphedStep(step, device, batch_size, dropout_rng)
+    return GraphedStep(step, device, batch_size)
 
 
 def use_tensor_lr(optimizer, device: torch.device) -> None:

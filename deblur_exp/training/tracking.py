@@ -5,24 +5,21 @@ What a run records about itself lives here; where it goes is ``run_dir.RunDir``'
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from deblur_exp.atomic import atomic_write, write_failed
-from deblur_exp.batches import PatchTensors
 from deblur_exp.config import parse_duration
-from deblur_exp.figures import learning_curves
+from deblur_exp.data.batches import PatchTensors
+from deblur_exp.evaluation.figures import learning_curves
 from deblur_exp.metrics import IMAGE_METRICS
-from deblur_exp.run_dir import RunDir
+from deblur_exp.models import count_parameters
+from deblur_exp.runs.run_dir import RunDir
 from deblur_exp.runtime import Distributed, describe_device
-from deblur_exp.tables import read_csv, write_json
+from deblur_exp.tables import MetricsTable, read_csv, write_json
+from deblur_exp.training.state import Compute, RunState
 
 log = logging.getLogger("deblur_exp")
 
@@ -38,39 +35,15 @@ class _NoWriter:
         return lambda *args, **kwargs: None
 
 
-class MetricsTable:
-    """A CSV table of rows keyed by epoch (metrics.csv; eval/during_training.csv), each row on disk as soon as it
-    is appended; on resume, rows past the checkpoint's epoch are dropped."""
-
-    def __init__(self, path: Path, keep_through_epoch: int, fields: list[str] = METRIC_FIELDS):
-        self.path, self.fields = path, fields
-        rows = []
-        if path.exists() and keep_through_epoch > 0:
-            rows = [r for r in read_csv(path) if int(r["epoch"]) <= keep_through_epoch]
-        with atomic_write(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def append(self, row: dict[str, Any]) -> None:
-        try:
-            with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, self.fields).writerow(row)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            raise write_failed(self.path, exc) from None
-
-
-def image_grid(model, val_set, count, autocast, channels_last) -> torch.Tensor:
+def image_grid(model, val_set: PatchTensors, count: int, compute: Compute) -> torch.Tensor:
     """degraded | restored | sharp rows for ``count`` fixed validation patches, as a CHW image."""
     from torchvision.utils import make_grid
 
     picks = torch.linspace(0, len(val_set) - 1, min(count, len(val_set))).long().to(val_set.sharp.device)
     subset = PatchTensors(val_set.sharp[picks], val_set.degraded[picks], val_set.device)
-    degraded, sharp = next(subset.batches(len(subset), channels_last=channels_last))
+    degraded, sharp = next(subset.batches(len(subset), channels_last=compute.channels_last))
     model.eval()
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), compute.autocast():
         restored = model(degraded).float().clamp(0, 1)
     rows = torch.stack([degraded, restored, sharp], dim=1).flatten(0, 1)
     return make_grid(rows.float().cpu(), nrow=3, padding=2)
@@ -109,18 +82,20 @@ def objective_value(summary: dict, objective: str) -> float:
     return summary["best_val_psnr"] if objective == "val_psnr" else summary["eval"][objective]["psnr_restored"]
 
 
-def write_run_summary(cfg, run: RunDir, writer, parameters: int, best_psnr: float, best_epoch: int,
-                      eval_summary: dict, stopped_by: str = "epochs", device: torch.device | None = None) -> dict:
-    """summary.json (read by the sweep summary) and the TensorBoard HPARAMS entry for this run; returns the summary."""
+def write_run_summary(state: RunState, eval_summary: dict, stopped_by: str = "epochs") -> dict:
+    """summary.json (read by the sweep summary), curves.png and the TensorBoard HPARAMS entry for this run; returns
+    the summary."""
+    cfg, run = state.cfg, state.folder
     rows = read_csv(run.metrics)
     summary = {
-        "model": cfg.model.name, "parameters": parameters, "best_val_psnr": best_psnr, "best_epoch": best_epoch,
+        "model": cfg.model.name, "parameters": count_parameters(state.model), "best_val_psnr": state.progress.best_psnr,
+        "best_epoch": state.progress.best_epoch,
         "epochs": len(rows), "train_time_s": round(sum(float(r["epoch_time_s"]) for r in rows), 2),
         "samples_per_s": round(float(np.mean([float(r["samples_per_s"]) for r in rows])), 1) if rows else 0.0,
         "val_psnr_degraded": float(rows[-1]["val_psnr_degraded"]) if rows else None,
         # "epochs": all trainer.epochs ran; "max_time": the wall-clock budget ended training
         "stopped_by": stopped_by, "max_time_s": parse_duration(cfg.trainer.max_time),
-        "device": describe_device(device),
+        "device": describe_device(state.device),
         "checkpoint": cfg.eval.checkpoint,  # the one that stands for the run (RunDir.checkpoint)
         "eval": eval_summary,
     }
@@ -130,6 +105,12 @@ def write_run_summary(cfg, run: RunDir, writer, parameters: int, best_psnr: floa
     learning_curves(run.curves, {cfg.model.name: rows}, baseline, title=run.path.name,
                     during={cfg.model.name: during})
     log_run_end(run, summary, figures=cfg.eval.figures)
+    log_hparams(cfg, state.writer, summary)
+    return summary
+
+
+def log_hparams(cfg: DictConfig, writer, summary: dict) -> None:
+    """The run's HPARAMS entry: its settings beside its scores, one row per run in TensorBoard's table."""
     hparams = {
         "model": cfg.model.name, "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "lr": cfg.optimizer.lr,
         "scheduler": str(cfg.scheduler.get("_target_") or "none").rsplit(".", 1)[-1], "loss": cfg.trainer.loss,
@@ -138,12 +119,11 @@ def write_run_summary(cfg, run: RunDir, writer, parameters: int, best_psnr: floa
         "degradation": cfg.degradation.name, "scale": cfg.degradation.scale, "blur_kernel": cfg.degradation.blur_kernel,
         "apply_to": cfg.degradation.apply_to, "precision": cfg.trainer.precision,
     }
-    metrics = {f"{SUMMARY_PREFIX}/best_val_psnr": best_psnr}
-    for set_name, scores in eval_summary.items():
+    metrics = {f"{SUMMARY_PREFIX}/best_val_psnr": summary["best_val_psnr"]}
+    for set_name, scores in summary["eval"].items():
         for name in IMAGE_METRICS:
             metrics[f"{SUMMARY_PREFIX}/{set_name}_{name}"] = scores[f"{name}_restored"]
     writer.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder, beside its curves
-    return summary
 
 
 def log_run_end(run: RunDir, summary: dict, figures: bool) -> None:
@@ -174,7 +154,7 @@ def open_tracking(cfg: DictConfig, run: RunDir, dist: Distributed, start_epoch: 
         return _NoWriter(), _NoWriter()
     from torch.utils.tensorboard import SummaryWriter
 
-    metrics = MetricsTable(run.metrics, keep_through_epoch=start_epoch)
+    metrics = MetricsTable(run.metrics, keep_through_epoch=start_epoch, fields=METRIC_FIELDS)
     writer = SummaryWriter(str(run.tensorboard), purge_step=start_epoch + 1 if start_epoch else None)
     if start_epoch == 0:
         writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```", 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from deblur_exp.run_dir import STAGED_RECORD, RunDir
+from deblur_exp.runs.run_dir import STAGED_RECORD, RunDir
 
 
 def _override_key(override: str) -> str:

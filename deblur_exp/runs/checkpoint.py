@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from deblur_exp.atomic import atomic_write
 from deblur_exp.errors import DeblurError
-from deblur_exp.run_dir import RunDir, find_checkpoints
+from deblur_exp.runs.run_dir import RunDir
 
 log = logging.getLogger("deblur_exp")
 
@@ -124,18 +123,3 @@ def load_resume_state(run: RunDir, arch: str) -> dict:
     raise DeblurError(f"resume: no usable checkpoint in {run.checkpoints} ({'; '.join(problems)})")
 
 
-def load_init_weights(model: torch.nn.Module, target: str, arch: str) -> Path:
-    """Start ``model`` from the weights of ``target`` (top-level ``init_weights``: a checkpoint, a run folder or
-    ``pretrained:<name>``); returns the file used. Only the weights: optimizer, schedule and epochs start fresh."""
-    found = find_checkpoints(target)
-    if len(found) != 1:
-        raise DeblurError(f"init_weights={target}: holds {len(found)} runs' checkpoints; name one run folder or file")
-    state = load_checkpoint(found[0], expected_arch=arch)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:  # same architecture, other model.params (features, blocks, channels...)
-        trained = OmegaConf.create(state.get("config") or {}).get("model", {}).get("params")  # YAML text
-        raise DeblurError(f"{found[0]}: its weights do not fit this {arch}'s model.params"
-                          f"{f' (it was trained with {dict(trained)})' if trained else ''}; "
-                          f"set the same model.params") from None
-    return found[0]

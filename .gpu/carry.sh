@@ -3,8 +3,8 @@
 #   .whl/wheels/    hydra-core, omegaconf, antlr4-python3-runtime 4.9.3, the joblib launcher and pytest, as wheels
 #                   (the GPU image has torch, OpenCV, TensorBoard, tqdm, joblib and scikit-image, not Hydra)
 #   .whl/datasets/  T91, Set5 and Set14 (about 16 MiB), copied from DEBLUR_DATA_DIR
-# Then one device call runs the lease: carry=[".whl"], command="bash scripts/gpu_lease.sh <command>".
-# Usage: DEBLUR_DATA_DIR=/path/to/datasets bash scripts/gpu_carry.sh
+# Then one device call runs the lease: carry=[".whl"], command="bash .gpu/lease.sh <command>".
+# Usage: DEBLUR_DATA_DIR=/path/to/datasets bash .gpu/carry.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${DEBLUR_DATA_DIR:?set DEBLUR_DATA_DIR to the folder holding T91, Set5 and Set14}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CUDA checks in one go (see README, Performance): every precision/compile knob trains on the GPU, the
 # benchmark measures the models and runs a few real epochs of the five-model experiment=seed sweep at once.
-# Usage: DEBLUR_DATA_DIR=/path/to/datasets bash scripts/cuda_check.sh [output folder]
+# Usage: DEBLUR_DATA_DIR=/path/to/datasets bash .gpu/cuda_check.sh [output folder]
 set -uo pipefail
 out=${1:-cuda_check}
 mkdir -p "$out"

@@ -1,164 +1,22 @@
-"""Running one job of a run or a sweep, and summarising a sweep when it ends.
-
-``run_job`` is what ``scripts/train.py`` calls: in a multirun it gives each parallel job its share of CPU
-threads (and its own GPU on a multi-GPU machine), and a job that fails records a one-line ``error.txt`` and
-returns NaN instead of raising, so the other jobs and the summary still happen. ``SweepSummary`` is the Hydra
-callback (registered in conf/hydra/default.yaml) that writes summary.csv / summary.md at the sweep root and
-leaves the failed jobs in ``FAILED_JOBS``, from which scripts/train.py takes its exit status.
-"""
+"""The sweep summary: every job of a sweep folder in one table (summary.csv, summary.md), written by the Hydra
+callback ``SweepSummary`` (registered in conf/hydra/default.yaml) when a multirun ends; and the epoch-time helpers
+that project a sweep's length from its first epochs."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
-import os
 import statistics
-import sys
-import threading
 from pathlib import Path
 
 import yaml
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from deblur_exp.errors import DeblurError
 from deblur_exp.metrics import IMAGE_METRICS
-from deblur_exp.run_dir import RunDir
-
-log = logging.getLogger("deblur_exp")
-
-_thread = threading.local()
-
-# The jobs of this process's sweep that failed, as SweepSummary found them: scripts/train.py -m exits 1 when there
-# are any, so that a shell script, CI or a scheduler running the sweep learns that the table has failed rows.
-FAILED_JOBS: list[str] = []
-
-
-@contextlib.contextmanager
-def threaded_sweep_job():
-    """Marks this thread as running one job of a sweep (hydra/launcher=threads), where Hydra's global state
-    belongs to no job: the job's resources were applied when the launcher prepared it."""
-    _thread.sweep_job = True
-    try:
-        yield
-    finally:
-        _thread.sweep_job = False
-
-
-def is_threaded_sweep_job() -> bool:
-    return getattr(_thread, "sweep_job", False)
-
-
-def is_multirun() -> bool:
-    return is_threaded_sweep_job() or (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
-
-
-def parallel_jobs(launcher: DictConfig, cpus: int) -> int:
-    """How many jobs the launcher runs at once (joblib's n_jobs: -1 = all CPUs, -2 = all but one, ...)."""
-    if "joblib" not in str(launcher.get("_target_", "")):
-        return 1
-    n_jobs = launcher.get("n_jobs") or -1
-    return max(1, cpus + 1 + n_jobs if n_jobs < 0 else n_jobs)
-
-
-def apply_job_resources(cfg: DictConfig) -> None:
-    """Split CPU threads between parallel jobs and spread jobs over GPUs, unless the config pins them."""
-    import torch
-
-    hydra_cfg = HydraConfig.get()
-    cpus = os.cpu_count() or 1
-    jobs = parallel_jobs(hydra_cfg.launcher, cpus)
-    if cfg.trainer.num_threads is None and jobs > 1:
-        cfg.trainer.num_threads = max(1, cpus // jobs)
-    gpus = torch.cuda.device_count()
-    if gpus > 1 and cfg.trainer.device in ("auto", "cuda"):
-        cfg.trainer.device = f"cuda:{hydra_cfg.job.num % gpus}"
-
-
-def run_job(cfg: DictConfig) -> float:
-    """Train, returning the run's objective; see the module docstring for multirun behaviour. Ctrl-C before
-    training's own handler is installed (imports, data preparation) or after it (the final evaluation) leaves a
-    single run as a failed start does (``forget_failed_start``) and goes on up, saying where the run stands, to
-    cli.run_hydra_cli, which prints it in one line (a sweep just stops)."""
-    try:
-        return _run_job(cfg)
-    except KeyboardInterrupt:
-        if is_multirun():
-            raise
-        forget_failed_start(cfg)
-        run_dir = resumed_run(cfg) or Path(cfg.paths.run_dir)
-        raise KeyboardInterrupt(f"run folder kept: {run_dir}" if run_dir.is_dir() else "no run folder was kept") \
-            from None
-
-
-def resumed_run(cfg: DictConfig) -> Path | None:
-    """The run folder a resume=RUN continues; None for a fresh run and for resume=auto (decided per job)."""
-    return Path(cfg.resume) if cfg.resume and cfg.resume != "auto" else None
-
-
-def forget_failed_start(cfg: DictConfig) -> None:
-    """A single run that fails or is interrupted before it trains leaves nothing: a fresh run's folder goes (if it
-    holds no checkpoint), and a resume=RUN attempt leaves the run's record as it was."""
-    if (resumed := resumed_run(cfg)) is not None:
-        RunDir(resumed).discard_staged_record()
-    elif not cfg.resume:
-        remove_unstarted_run(Path(cfg.paths.run_dir))
-
-
-def _run_job(cfg: DictConfig) -> float:
-    from deblur_exp.runtime import TrainingInterrupted
-    from deblur_exp.training import train
-
-    multirun = is_multirun()
-    if multirun and not is_threaded_sweep_job():
-        apply_job_resources(cfg)
-        # A re-run job (resume=auto) starts clean: a failure recorded by an earlier attempt no longer holds.
-        RunDir(cfg.paths.run_dir).error.unlink(missing_ok=True)
-    try:
-        return train(cfg)
-    except TrainingInterrupted as exc:  # its message is already logged, with the resume command
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        message = str(exc) if isinstance(exc, DeblurError) else f"{type(exc).__name__}: {exc}"
-        message = message.splitlines()[0] if message else type(exc).__name__
-        if not multirun:
-            if isinstance(exc, DeblurError):
-                forget_failed_start(cfg)
-                print(f"error: {message}", file=sys.stderr)
-                sys.exit(2)
-            # a crash: a fresh run's folder stays (its train.log has the traceback); a resume leaves the run as it was
-            if (resumed := resumed_run(cfg)) is not None:
-                RunDir(resumed).discard_staged_record()
-            raise
-        if isinstance(exc, DeblurError):
-            log.error("job failed: %s", message)
-        else:
-            log.exception("job failed: %s", message)
-        run = RunDir(cfg.paths.run_dir)
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.error.write_text(message + "\n")
-        return float("nan")
-
-
-def remove_unstarted_run(run_dir: Path) -> None:
-    """A single run that failed before it trained an epoch leaves no folder behind (only .hydra/ and an empty
-    log would be in it); a folder holding anything else is left alone."""
-    import shutil
-
-    run = RunDir(run_dir)
-    expected = {p.name for p in (run.hydra, run.log, run.checkpoints, run.metrics, run.tensorboard)}
-    if not run_dir.is_dir() or any(p.name not in expected for p in run_dir.iterdir()):
-        return
-    metrics = run.metrics
-    if any(run.checkpoints.glob("*.pt")) or (metrics.is_file() and len(metrics.read_text().splitlines()) > 1):
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):  # the date folder too, when this run was its only one
-        run_dir.parent.rmdir()
+from deblur_exp.runs.run_dir import RunDir
+from deblur_exp.tables import markdown_table, read_csv, table_cell, write_csv, write_text
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -183,14 +41,17 @@ def job_row(job_dir: Path) -> dict:
     return row
 
 
+
 def objective_column(objective: str) -> str:
     """The summary column holding a run's ``objective``: best_val_psnr, or <eval set>_psnr."""
     return "best_val_psnr" if objective == "val_psnr" else f"{objective}_psnr"
 
 
+
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """The job folders of a sweep (each has the .hydra/overrides.yaml Hydra wrote), sorted by name."""
     return sorted(p for p in sweep_dir.iterdir() if RunDir(p).overrides.is_file())
+
 
 
 def named_sweep_jobs(sweep: Path) -> dict[str, Path]:
@@ -203,14 +64,14 @@ def named_sweep_jobs(sweep: Path) -> dict[str, Path]:
     return jobs
 
 
+
 def metrics_rows(job: Path) -> list[dict]:
     """The job's metrics.csv as dicts of strings, one per finished epoch."""
     metrics = RunDir(job).metrics
     if not metrics.is_file():
         raise DeblurError(f"{job}: no metrics.csv (did the job start?)")
-    from deblur_exp.tables import read_csv
-
     return read_csv(metrics)
+
 
 
 def epoch_times(job: Path) -> list[float]:
@@ -218,9 +79,11 @@ def epoch_times(job: Path) -> list[float]:
     return [float(row["epoch_time_s"]) for row in metrics_rows(job)]
 
 
+
 def steady_epoch(times: list[float]) -> float:
     """A job's typical epoch: the median after the first, which pays for start-up and compilation."""
     return statistics.median(times[1:] or times)
+
 
 
 def projected_wall(times: dict[str, list[float]], wall_k: float, k: int, full_epochs: int) -> float:
@@ -230,6 +93,7 @@ def projected_wall(times: dict[str, list[float]], wall_k: float, k: int, full_ep
     speed as their neighbours start and finish."""
     slowest = max(steady_epoch(t[:k]) for t in times.values())
     return wall_k + (full_epochs - k) * slowest
+
 
 
 def projection_checks(times: dict[str, list[float]], wall: float, full_epochs: int) -> dict[str, dict]:
@@ -246,6 +110,7 @@ def projection_checks(times: dict[str, list[float]], wall: float, full_epochs: i
     return checks
 
 
+
 def collect(sweep_dir: Path, objective: str = "val_psnr") -> list[dict]:
     """One row per job folder, best objective (what the sweeper maximised) first, failed jobs last."""
     rows = [job_row(j) for j in sweep_jobs(sweep_dir)]
@@ -253,9 +118,8 @@ def collect(sweep_dir: Path, objective: str = "val_psnr") -> list[dict]:
     return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get(column) or -math.inf)))
 
 
-def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
-    from deblur_exp.tables import markdown_table, table_cell, write_csv, write_text
 
+def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
     fields = ["job", "status", "overrides", "model", "parameters", "best_val_psnr", "best_epoch", "epochs"]
     fields += sorted({k for r in rows for k in r if k.endswith(tuple(f"_{m}" for m in IMAGE_METRICS))
                       and k != "best_val_psnr"})
@@ -277,6 +141,7 @@ def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
     return table
 
 
+
 def shared_baseline(rows: list[dict]) -> dict | None:
     """The degraded input's scores when every finished job has the same ones (same data, degradation and eval
     sets); None when they differ (e.g. a sweep over degradations), where one baseline row would mislead."""
@@ -287,6 +152,7 @@ def shared_baseline(rows: list[dict]) -> dict | None:
         if value is None or any(not math.isclose(b[key], value, abs_tol=1e-6) for b in baselines):
             return None
     return baselines[0]
+
 
 
 class SweepSummary(Callback):
@@ -302,3 +168,9 @@ class SweepSummary(Callback):
         print(f"\nsweep summary ({len(rows)} jobs, {len(FAILED_JOBS)} failed): {sweep_dir / 'summary.md'}\n{table}")
         if FAILED_JOBS:
             print(f"failed: {', '.join(FAILED_JOBS)} (each job's error.txt says why); exit status 1")
+
+
+
+# The jobs of this process's sweep that failed, as SweepSummary found them: scripts/train.py -m exits 1 when there
+# are any, so that a shell script, CI or a scheduler running the sweep learns that the table has failed rows.
+FAILED_JOBS: list[str] = []

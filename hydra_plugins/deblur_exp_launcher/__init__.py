@@ -1,1 +1,0 @@
-"""deblur_exp's Hydra launcher plugin: ``hydra/launcher=threads`` (see threads_launcher.py)."""
