@@ -114,7 +114,8 @@ PRECISIONS = {"auto": None, "32": None, "bf16": torch.bfloat16, "fp16": torch.fl
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``trainer.precision=auto``: bf16 on a CPU with native bf16 instructions (AVX512-BF16 or AMX), where it trains
     twice as many samples per second at the same quality per epoch (results/precision_cpu/); plain fp32 elsewhere:
-    CPUs without them emulate bf16 (slower), and on CUDA bf16 still awaits its equal-epochs check against fp32."""
+    CPUs without them emulate bf16 (slower), and on CUDA these small models are launch-bound, so bf16 buys
+    nothing there (results/benchmarks/)."""
     if precision != "auto":
         return precision
     if device.type == "cpu":

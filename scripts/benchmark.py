@@ -312,7 +312,7 @@ def bench_scoring(name: str, device: torch.device, folder: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ 5. seed sweep
-# What makes the sweep fast on one GPU (README, Performance): jobs side by side, CUDA graphs, fused Adam.
+# What makes the sweep fast on one GPU (docs/performance.md): jobs side by side, CUDA graphs, fused Adam.
 SWEEP_KNOBS = {"cuda": ["trainer.compile=true", "trainer.compile_mode=reduce-overhead", "optimizer.fused=true"],
                "cpu": []}
 
@@ -361,9 +361,9 @@ def bench_sweep(models: list[str], device: torch.device, epochs: int, overrides:
             "projection_record": PROJECTION_RECORD}
 
 
-# How far the projection has been from a measured run, on record (README, Performance).
-PROJECTION_RECORD = ("H200, 2026-11-27 (3dcc1da, joblib + compile): a 20-epoch run projected 13.4 min; the "
-                     "full-length run, stopped at 450 s, ran dncnn at 8.1 s per epoch, about 27 min: 2x too low")
+# How far the projection has been from a measured run (results/h200_seed_sweep_20_epochs/).
+PROJECTION_RECORD = ("H200, joblib + compile: a 20-epoch run projected 13.4 min; the full-length run, stopped at "
+                     "450 s, ran dncnn at 8.1 s per epoch, about 27 min: 2x too low")
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -511,7 +511,7 @@ def summary_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-SWEEP_GOAL = "goal: at most 8 min on one H100/H200, measured (issue #10)"
+SWEEP_GOAL = "goal: at most 8 min on one H100/H200, measured"
 
 
 def sweep_verdict(sweep: dict) -> str:

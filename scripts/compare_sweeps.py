@@ -6,7 +6,7 @@ The jobs of the two sweeps are matched by folder name (the swept values, e.g. ``
 best validation PSNR up to epoch N (default: the last epoch both reached) is read from its metrics.csv, so a
 20-epoch fp32 eager sweep can be held against the first 20 epochs of a full-length compiled/bf16/threaded one.
 Prints a Markdown table (also written to --out) and exits 0 when every job is within --tolerance dB, 1 when one
-is not (issue 10's rule: speed never changes the science by more than 0.1 dB).
+is not (the rule: speed never changes the science by more than 0.1 dB).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ A sweep folder (train.py -m) stands for its finished runs, one per architecture.
 eval.checkpoint: best.pt unless the run chose last) is written weights-only to deblur_exp/weights/<NAME>.pt (NAME:
 the architecture unless --name gives one) with how it was trained (recipe, epochs, device, time, the resolved
 config), scored on Set5 and Set14 (whole images, the run's own degradation and scoring protocol: RGB, or Y with
-its eval.crop_border) and pinned by SHA-256 in deblur_exp/weights/manifest.json. Prints the table README's
+its eval.crop_border) and pinned by SHA-256 in deblur_exp/weights/manifest.json. Prints the table docs/models.md's
 "Pretrained models" shows.
 """
 

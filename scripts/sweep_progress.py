@@ -2,7 +2,7 @@
 
     python scripts/sweep_progress.py SWEEP [--epochs N] [--wall SECONDS] [--out FILE]
 
-Reads every job's metrics.csv, so it works on a sweep that is still running or was stopped (a lease that ran out,
+Reads every job's metrics.csv, so it works on a sweep that is still running or was stopped (a time limit that ran out,
 a SIGTERM) where no summary.md exists yet. The epoch times are measured; the last column, the time each job would
 still need for its epochs (its own ``trainer.epochs``, or --epochs) at its median epoch time after the first, is a
 projection and labelled as one. For a finished sweep, ``--wall`` (its measured time from the command to the

@@ -1,8 +1,8 @@
-"""Train one model, or a sweep of them with -m. See README.md.
+"""Train one model, or a sweep of them with -m. See README.md and docs/.
 
     python scripts/train.py model=dncnn optimizer.lr=1e-3
     python scripts/train.py experiment=seed model=edsr
-    python scripts/train.py resume=outputs/runs/2026-11-26/13-00-00_123ab trainer.epochs=20
+    python scripts/train.py resume=outputs/runs/<date>/<time>_<id> trainer.epochs=20
     python scripts/train.py -m model=deblurcnn,deblurcnn_res,deblursuperrescnn,dncnn,edsr
     torchrun --nproc_per_node=2 scripts/train.py ...
 """
@@ -26,5 +26,6 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     sys.argv = distributed_argv(resume_argv(run_dir_argv(sys.argv)))
+    FAILED_JOBS.clear()  # filled by this command's sweep only
     run_hydra_cli(main)
     sys.exit(1 if FAILED_JOBS else 0)

@@ -44,12 +44,68 @@ def make_cfg(tmp_path):
     return _make
 
 
-def run_script(script: str, *args: str, env: dict | None = None, cwd: Path | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run scripts/<script> the way a user would, capturing output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / script), *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd or REPO_ROOT, timeout=timeout)
+def run_script(script: str, *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600,
+               isolated: bool = False) -> subprocess.CompletedProcess:
+    """Run scripts/<script> the way a user would, capturing its output and exit status.
+
+    In this process by default: a new interpreter spends seconds importing torch, and the script runs the same
+    code either way. ``isolated=True`` starts a process of its own, for what needs one (signals, peak memory,
+    what a fresh interpreter imports)."""
+    if isolated:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / script), *args], capture_output=True,
+                              text=True, env=full_env, cwd=cwd or REPO_ROOT, timeout=timeout)
+    return _run_in_process(REPO_ROOT / "scripts" / script, list(args), env or {}, cwd or REPO_ROOT)
+
+
+def _run_in_process(path: Path, args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """runpy the script as __main__ with its argv, environment and working directory; stdout, stderr and the exit
+    status as a subprocess would give them. Process-wide state a script changes (environment, logging, signal
+    handlers, torch's thread count and determinism) is put back afterwards."""
+    import contextlib
+    import io
+    import logging
+    import runpy
+    import signal
+    import traceback
+
+    import torch
+
+    saved = {"environ": dict(os.environ), "argv": sys.argv[:], "cwd": os.getcwd(),
+             "threads": torch.get_num_threads(), "deterministic": torch.are_deterministic_algorithms_enabled(),
+             "signals": {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}}
+    root, ours = logging.getLogger(), logging.getLogger("deblur_exp")
+    saved_logging = (root.handlers[:], root.level, ours.handlers[:], ours.level, logging.root.manager.disable)
+    root.handlers.clear()  # so that the script's own logging set-up (basicConfig, Hydra's) takes effect
+    os.environ.update({"PYTHONUNBUFFERED": "1", **env})
+    sys.argv = [str(path), *args]
+    os.chdir(cwd)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(path), run_name="__main__")
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+            except BaseException:  # what an interpreter does with an uncaught exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved["environ"])
+        sys.argv = saved["argv"]
+        os.chdir(saved["cwd"])
+        torch.set_num_threads(saved["threads"])
+        torch.use_deterministic_algorithms(saved["deterministic"])
+        for sig, handler in saved["signals"].items():
+            signal.signal(sig, handler)
+        root.handlers[:], ours.handlers[:] = saved_logging[0], saved_logging[2]
+        root.setLevel(saved_logging[1])
+        ours.setLevel(saved_logging[3])
+        logging.disable(saved_logging[4])
+    return subprocess.CompletedProcess([str(path), *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

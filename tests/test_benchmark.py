@@ -47,11 +47,10 @@ def run_sweep_section(tmp_path, *overrides, launcher="joblib", epochs=2):
     return json.loads(report_path.read_text())["seed_sweep"], result.stdout
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "threads"])
 @pytest.mark.slow
-def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path, launcher):
-    sweep, stdout = run_sweep_section(tmp_path, launcher=launcher)
-    assert sorted(sweep["jobs"]) == ["edsr", "srcnn"] and sweep["launcher"] == launcher
+def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path):
+    sweep, stdout = run_sweep_section(tmp_path)
+    assert sorted(sweep["jobs"]) == ["edsr", "srcnn"] and sweep["launcher"] == "joblib"
     for job in sweep["jobs"].values():  # the jobs' own metrics.csv rows, one per epoch
         assert len(job["epoch_times_s"]) == 2 and job["steady_epoch_s"] == job["epoch_times_s"][1]
     slowest = max(job["steady_epoch_s"] for job in sweep["jobs"].values())
@@ -65,7 +64,7 @@ def test_sweep_section_runs_the_real_parallel_sweep_and_projects_it(tmp_path, la
 def test_a_full_length_sweep_is_measured_and_back_tests_the_projection(tmp_path):
     """--sweep-epochs at the study's length (here a 3-epoch study): the wall time is the figure, and the projection
     a 2-epoch sweep would have made is set beside it, from this run's own epoch times."""
-    sweep, stdout = run_sweep_section(tmp_path, "--sweep-full-epochs", "3", launcher="threads", epochs=3)
+    sweep, stdout = run_sweep_section(tmp_path, "--sweep-full-epochs", "3", epochs=3)
     assert "projected_minutes" not in sweep and sweep["measured_minutes"] == sweep["wall_s"] / 60
     times = [job["epoch_times_s"] for job in sweep["jobs"].values()]
     assert all(len(t) == 3 for t in times)

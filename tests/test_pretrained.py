@@ -1,12 +1,12 @@
 """pretrained:<name>: the shipped models, their pins, and the export that makes them."""
 
-import re
 import shutil
 
 import pytest
 
 import deblur_exp.runs.pretrained as pretrained
 from deblur_exp.config import REPO_ROOT
+from deblur_exp.data.images import read_folder
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.scoring import load_restorer
 from deblur_exp.runs.checkpoint import load_checkpoint
@@ -15,13 +15,6 @@ from deblur_exp.runs.run_dir import run_checkpoint
 from tests.conftest import dataset, run_script, write_sharp_images
 
 SHIPPED = pretrained.manifest()
-
-
-def readme_set5_figures() -> dict[str, float]:
-    """The Set5 PSNR per pretrained model, as README's "Pretrained models" table publishes it."""
-    text = (REPO_ROOT / "README.md").read_text()
-    return {name: float(psnr) for name, psnr in
-            re.findall(r"^\| `pretrained:(\w+)` \|[^|]*\|[^|]*\|[^|]*\| ([\d.]+) \|", text, re.M)}
 
 
 SEED_FIVE = {"deblurcnn", "deblurcnn_res", "deblursuperrescnn", "dncnn", "edsr"}  # named by architecture
@@ -40,24 +33,22 @@ def test_the_seed_architectures_and_the_sr_model_ship_small_and_pinned():
         assert state["trained"]["device"] and state["trained"]["epochs"] >= 1 and "model:" in state["config"]
     assert set(SHIPPED["edsr_x3"]["scores"]) == {"Set5_psnr_y_crop3", "Set14_psnr_y_crop3",
                                                  "Set5_psnr_y_crop3_degraded", "Set14_psnr_y_crop3_degraded"}
-    assert set(readme_set5_figures()) == set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 @pytest.mark.slow
-def test_a_shipped_model_scores_what_the_readme_says(name, tmp_path):
-    set5 = dataset("Set5")
-    result = run_script("evaluate.py", f"pretrained:{name}", "--sets", "Set5", "--data-dir", str(set5.parent),
-                        "--out", str(tmp_path), "--no-figures", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    # the model is labelled by its architecture; evaluate.py scores it on its own protocol (Y, crop 3 for edsr_x3)
-    arch = SHIPPED[name]["arch"]
-    row = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if f"| {arch} |" in line)
-    measured = float(row.split("|")[4])  # rank | model | parameters | mean PSNR | ...
-    assert measured == pytest.approx(readme_set5_figures()[name], abs=0.05)
-    degraded = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if "| degraded input |" in line)
-    (key,) = [k for k in SHIPPED[name]["scores"] if k.startswith("Set5") and k.endswith(pretrained.DEGRADED)]
-    assert float(degraded.split("|")[4]) == pytest.approx(SHIPPED[name]["scores"][key], abs=0.005)
+def test_a_shipped_model_scores_what_its_manifest_says(name):
+    """Each shipped model, scored on Set5 on its own protocol (RGB, or Y with a 3-pixel crop for edsr_x3), gives
+    the restored and degraded figures its manifest entry records."""
+    from deblur_exp.evaluation.scoring import ScoringOptions, evaluate_set, load_restorer, summarize
+
+    images, problems = read_folder(dataset("Set5"))
+    restorer = load_restorer(pretrained.pretrained_path(f"pretrained:{name}"))
+    means = summarize(evaluate_set(restorer, images, "cpu", ScoringOptions(**restorer.protocol), progress=False)[0])
+    (restored,) = [k for k in SHIPPED[name]["scores"] if k.startswith("Set5") and not k.endswith(pretrained.DEGRADED)]
+    assert problems == [] and means["images"] == 5
+    assert means["psnr_restored"] == pytest.approx(SHIPPED[name]["scores"][restored], abs=0.05)
+    assert means["psnr_degraded"] == pytest.approx(SHIPPED[name]["scores"][restored + pretrained.DEGRADED], abs=0.005)
 
 
 def test_deblur_restores_with_a_pretrained_model_offline(tmp_path):
@@ -115,7 +106,7 @@ def test_export_pins_and_a_tampered_file_is_refused(trained_run, tmp_path, monke
 
 @pytest.mark.slow
 def test_export_script_ships_a_run_scored_on_both_sets(trained_run, tmp_path, monkeypatch, capsys):
-    """scripts/export_pretrained.py end to end (what a lease's sweep goes through), into a scratch weights folder:
+    """scripts/export_pretrained.py end to end (what a finished sweep goes through), into a scratch weights folder:
     the run's weights pinned, how it was trained, and Set5/Set14 scores of the model and of the degraded input."""
     import importlib.util
     import sys
@@ -138,7 +129,7 @@ def test_export_script_ships_a_run_scored_on_both_sets(trained_run, tmp_path, mo
 
 
 def test_export_takes_a_sweep_folder_and_refuses_what_is_not_a_run_in_one_line(trained_run, tmp_path):
-    """A sweep folder stands for its finished runs (a lease's sweep goes straight to export), and both mistakes
+    """A sweep folder stands for its finished runs (a finished sweep goes straight to export), and both mistakes
     are caught before anything is scored or written."""
     sweep = tmp_path / "sweep"
     for job in ("0_model=a", "1_model=b"):

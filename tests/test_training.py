@@ -46,9 +46,7 @@ def test_tiny_run_writes_every_artefact(make_cfg, tmp_path):
     assert events.Tags()["images"] and events.Tags()["tensors"]  # image grid and config text
     layout = EventAccumulator(str(run_dir / "tensorboard")).Reload().PluginTagToContent("custom_scalars")
     assert layout  # restored and degraded PSNR on one chart (CUSTOM SCALARS tab)
-    # TIME SERIES sorts tag groups by name: the per-epoch curves first, the single-point end-of-run scores last
-    groups = sorted({tag.split("/")[0] for tag in scalars})
-    assert groups[:2] == ["loss", "psnr"] and groups[-2:] == ["summary", "whole_images"]
+    assert {tag.split("/")[0] for tag in scalars} >= {"summary", "whole_images"}  # the end-of-run scores
 
 
 def train_whole_and_resumed(make_cfg, tmp_path, monkeypatch, overrides, before_resume=None):

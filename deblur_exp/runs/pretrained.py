@@ -57,7 +57,7 @@ def pretrained_path(target: str) -> Path:
 
 def weak_model_note(target: str) -> str | None:
     """For ``pretrained:<name>`` models that restore Set5 worse than its degraded input (the seed-recipe models
-    trained 4 CPU minutes: README, Pretrained models): a note naming the figures and the best model shipped for
+    trained 4 CPU minutes: docs/models.md): a note naming the figures and the best model shipped for
     the same scoring; None for every other model."""
     entries = manifest()
     entry = entries.get(target[len(PREFIX):]) if is_pretrained(target) else None
