@@ -130,5 +130,6 @@ def write_comparison(out: Path, name: str, shown: dict, reference: Restorer) -> 
     sharp = shown["sharp"]
     degraded = degrade(sharp, reference.degradation)
     row = [("Sharp", sharp), (f"Degraded ({psnr(degraded, sharp):.2f} dB)", degraded)]
-    row += [(f"{label} ({score:.2f} dB)", restored) for label, (restored, score) in shown.items() if label != "sharp"]
+    models = {label: pair for label, pair in shown.items() if label != "sharp"}
+    row += [(f"{label} ({score:.2f} dB)", restored) for label, (restored, score) in models.items()]
     zoomed_comparison(out / f"compare_{name}.png", [row], detail_box(sharp), name)
