@@ -341,3 +341,95 @@ def test_atomic_writes_that_hit_enospc_keep_the_old_file_and_remove_the_temp(tmp
     with pytest.raises(WriteFailed, match=r"could not write summary.md: the disk is full; [\d.]+ MiB free there"):
         write_text(target, "new")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.md"]
+
+
+# ---------------------------------------------------------------------------------------- one run, one folder
+def test_last_checkpoint_is_whole_at_every_step_of_a_save(tmp_path, monkeypatch):
+    """save_checkpoint(keep_previous=True) writes the new file fully before it touches the old one, and copies the
+    old one to previous.pt rather than moving it: at every file operation of the save, last.pt loads."""
+    last = tmp_path / "last.pt"
+    save_checkpoint(last, {"model": {"w": torch.zeros(1)}, "epoch": 1})
+    seen = []
+    real_replace, real_link = os.replace, os.link
+
+    def loads_before_and_after(operation):
+        def checked(src, dst):
+            seen.append(load_checkpoint(last)["epoch"])
+            operation(src, dst)
+            seen.append(load_checkpoint(last)["epoch"])
+        return checked
+
+    monkeypatch.setattr(os, "replace", loads_before_and_after(real_replace))
+    monkeypatch.setattr(os, "link", loads_before_and_after(real_link))
+    save_checkpoint(last, {"model": {"w": torch.ones(1)}, "epoch": 2}, keep_previous=True)
+    assert seen[0] == 1 and seen[-1] == 2 and len(seen) >= 6  # link, previous into place, new last into place
+    assert load_checkpoint(tmp_path / "previous.pt")["epoch"] == 1
+
+
+def tiny_run(tmp_path, *overrides):
+    """A finished two-epoch run made by scripts/train.py into tmp_path/run, its record included."""
+    run = tmp_path / "run"
+    result = run_script("train.py", *TINY, "eval.enabled=false", f"paths.run_dir={run}", *overrides,
+                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def record(run):
+    return {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+
+
+def test_a_run_whose_last_checkpoint_a_kill_took_resumes_from_the_previous_one(tmp_path):
+    """The state a kill in an older save could leave (previous.pt, no last.pt): resume=RUN and resume=auto both
+    continue the run from previous.pt, saying so, instead of refusing or starting fresh."""
+    run = tiny_run(tmp_path)
+    os.replace(run / "checkpoints" / "last.pt", run / "checkpoints" / "previous.pt")
+    resumed = run_script("train.py", f"resume={run}", "trainer.epochs=3", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert resumed.returncode == 0, resumed.stderr
+    log = (run / "train.log").read_text()
+    assert "trying the previous checkpoint" in log and "resumed from" in log and "previous.pt after epoch" in log
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
+
+    os.replace(run / "checkpoints" / "last.pt", run / "checkpoints" / "previous.pt")
+    auto = run_script("train.py", *TINY, "eval.enabled=false", "trainer.epochs=4", f"hydra.run.dir={run}",
+                      "resume=auto", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert auto.returncode == 0, auto.stderr
+    assert "resume=auto" in auto.stdout and "continuing from" in auto.stdout
+    assert [int(row["epoch"]) for row in csv.DictReader(open(run / "metrics.csv"))] == [1, 2, 3, 4]
+
+
+def test_a_fresh_run_into_a_run_folder_is_refused_before_it_touches_anything(tmp_path):
+    run = tiny_run(tmp_path)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = run_script("train.py", *TINY, "model=edsr", f"paths.run_dir={run}", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert again.returncode == 2 and again.stderr.strip().count("\n") == 0
+    assert f"resume={run}" in again.stderr
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_second_process_cannot_train_into_a_folder_in_use(tmp_path):
+    """A run folder belongs to the one live process training in it (a kernel lock: a dead process holds none)."""
+    from deblur_exp.runs.run_dir import RunDir
+
+    run = tiny_run(tmp_path)
+    with RunDir(run).owned():  # another process's training, as far as the lock can tell
+        busy = run_script("train.py", f"resume={run}", "trainer.epochs=3", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert busy.returncode == 2 and f"pid {os.getpid()}" in busy.stderr and "another training process" in busy.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    free = run_script("train.py", f"resume={run}", "trainer.epochs=3", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert free.returncode == 0, free.stderr  # the lock went with its holder
+
+
+def test_resume_auto_that_skips_or_is_refused_leaves_the_record_as_it_was(tmp_path):
+    run = tiny_run(tmp_path, "model=deblurcnn_res")
+    before = record(run)
+    skipped = run_script("train.py", *TINY, "eval.enabled=false", "model=deblurcnn_res", "trainer.seed=7",
+                         f"hydra.run.dir={run}", "resume=auto", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert skipped.returncode == 0, skipped.stderr
+    assert "finished" in skipped.stdout
+    assert record(run) == before and not (run / ".hydra_resume").exists()
+
+    other = run_script("train.py", *TINY, "model=edsr", f"hydra.run.dir={run}", "resume=auto",
+                       env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert other.returncode == 2 and "model=deblurcnn_res, not model=edsr" in other.stderr
+    assert record(run) == before and not (run / ".hydra_resume").exists()

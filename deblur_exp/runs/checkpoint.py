@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,30 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool
     """Write ``state`` to ``path`` via a temp file, fsync and rename: a kill leaves the old file or the new one.
 
     With ``keep_previous`` the file being replaced is kept as ``previous.pt`` beside it, a fallback should the
-    new one ever turn out unreadable (a disk error, a copy cut short).
+    new one ever turn out unreadable (a disk error, a copy cut short). Order matters: the new file is whole on
+    disk before the old one is touched, and the old one is copied (not moved) to previous.pt, so at every instant
+    ``path`` holds a complete checkpoint.
     """
     path = Path(path)
     with atomic_write(path) as f:
         torch.save({"format_version": FORMAT_VERSION, **state}, f)
-        f.flush()
-        # Inside the write: the rename of the finished temp file is the very next step.
         if keep_previous and path.exists():
-            os.replace(path, path.with_name("previous.pt"))
+            f.flush()
+            os.fsync(f.fileno())
+            keep_as_previous(path)
     _fsync_dir(path.parent)
+
+
+def keep_as_previous(path: Path) -> None:
+    """Make ``previous.pt`` a copy of ``path`` (a hard link where the file system has them) without moving it."""
+    previous = path.with_name("previous.pt")
+    staged = path.with_name(f".previous.pt.{os.getpid()}.tmp")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(path, staged)
+    except OSError:  # no hard links here (some network file systems): a copy does the same, more slowly
+        shutil.copyfile(path, staged)
+    os.replace(staged, previous)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from deblur_exp.config import parse_duration
+from deblur_exp.errors import DeblurError
 from deblur_exp.runs.run_dir import STAGED_RECORD, RunDir
 
 
@@ -35,11 +37,14 @@ def resume_argv(argv: list[str]) -> list[str]:
     """
     args = argv[1:]
     resumes = [a for a in args if a.startswith("resume=")]
-    if not resumes or resumes[-1] == "resume=auto":  # auto is decided per job, in the job's own folder
+    if not resumes:
         return argv
+    if resumes[-1] == "resume=auto":  # decided per job, in the job's own folder; its record waits there until then
+        given = any(_override_key(a) == "hydra.output_subdir" for a in args)
+        return argv if given else [*argv, f"hydra.output_subdir={STAGED_RECORD}"]
     run = Path(resumes[-1].split("=", 1)[1].strip("'\"")).expanduser().resolve()
     saved_file = RunDir(run).overrides
-    if not RunDir(run).last.is_file() or not saved_file.is_file():
+    if not RunDir(run).has_resume_checkpoint() or not saved_file.is_file():
         sys.exit(f"error: resume: {run} is not a run folder with checkpoints/last.pt and .hydra/overrides.yaml")
     saved = yaml.safe_load(saved_file.read_text()) or []
     given = {_override_key(a) for a in args if not a.startswith("-")}
@@ -57,8 +62,16 @@ def run_dir_argv(argv: list[str]) -> list[str]:
     args = argv[1:]
     given = [a for a in args if _override_key(a) == "paths.run_dir"]
     resuming = any(a.startswith("resume=") and a != "resume=auto" for a in args)  # resume_argv sets the folder
-    if not given or resuming or any(a in ("-m", "--multirun") for a in args) or any(
-            _override_key(a) == "hydra.run.dir" for a in args):
+    if resuming or any(a in ("-m", "--multirun") for a in args):
+        return argv
+    folders = [a.split("=", 1)[1] for a in args if _override_key(a) in ("paths.run_dir", "hydra.run.dir")]
+    if folders and "resume=auto" not in args and RunDir(Path(folders[-1]).expanduser()).holds_run():
+        # before Hydra writes its record into the folder: a fresh run must not overwrite a run's
+        folder = Path(folders[-1]).expanduser().resolve()
+        print(f"error: {folder} already holds a run; continue it with: python scripts/train.py resume={folder}, "
+              f"or choose another folder", file=sys.stderr)
+        sys.exit(2)
+    if not given or any(_override_key(a) == "hydra.run.dir" for a in args):
         return argv
     return [*argv, "hydra.run.dir=" + given[-1].split("=", 1)[1]]
 
@@ -84,9 +97,13 @@ class AutoResume:
     reason: str
 
 
-def auto_resume(run_dir: Path, epochs: int, max_time_s: float | None) -> AutoResume:
+def auto_resume(cfg) -> AutoResume:
     """A run is finished when its summary.json says it trained the epochs (or the time budget) asked for now;
-    asking for more epochs or a longer budget continues it from last.pt like an unfinished one."""
+    asking for more epochs or a longer budget continues it from last.pt like an unfinished one. A command that
+    asks for another model or other data than the run in the folder is refused: it is not this run."""
+    run_dir = Path(cfg.paths.run_dir)
+    epochs, max_time_s = cfg.trainer.epochs, parse_duration(cfg.trainer.max_time)
+    check_same_run(RunDir(run_dir), cfg)
     summary_file, last = RunDir(run_dir).summary, RunDir(run_dir).last
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
@@ -94,6 +111,18 @@ def auto_resume(run_dir: Path, epochs: int, max_time_s: float | None) -> AutoRes
                         and (max_time_s or math.inf) <= (summary.get("max_time_s") or 0))
         if summary.get("epochs", 0) >= epochs or budget_spent:
             return AutoResume("skip", f"finished ({summary.get('epochs')} epochs, summary.json)")
-    if last.is_file():
-        return AutoResume("resume", f"continuing from {last}")
+    if RunDir(run_dir).has_resume_checkpoint():  # last.pt, or previous.pt where a kill took last.pt
+        return AutoResume("resume", f"continuing from {last if last.is_file() else RunDir(run_dir).previous}")
     return AutoResume("start", "no checkpoint yet: starting fresh")
+
+
+def check_same_run(run: RunDir, cfg) -> None:
+    """resume=auto: the folder's own record must name the model and data this command asks for."""
+    if not run.config.is_file() or not run.holds_run():
+        return
+    recorded = yaml.safe_load(run.config.read_text()) or {}
+    for key in ("model", "data"):
+        was, now = (recorded.get(key) or {}).get("name"), cfg[key].name
+        if was is not None and was != now:
+            raise DeblurError(f"resume=auto: {run.path} holds a run with {key}={was}, not {key}={now}; give "
+                              f"{key}={was} to continue it, or another hydra.run.dir / hydra.sweep.dir")

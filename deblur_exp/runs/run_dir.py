@@ -6,6 +6,7 @@ folder (resume, sweep summaries, reports, evaluation) asks ``RunDir`` where to l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -87,6 +88,45 @@ class RunDir:
     def previous(self) -> Path:
         """The last.pt before the current one, kept in case the current one is damaged."""
         return self.checkpoints / "previous.pt"
+
+    @property
+    def lock(self) -> Path:
+        """.lock: held (flock) by the process training in this folder; its pid inside."""
+        return self.path / ".lock"
+
+    def holds_run(self) -> bool:
+        """Whether a run has trained here (a checkpoint or a summary): a fresh run must not start over it."""
+        return self.summary.is_file() or any(c.is_file() for c in (self.last, self.previous, self.best))
+
+    @contextlib.contextmanager
+    def owned(self):
+        """Hold the run folder for this process while it trains: a second training process into the same folder
+        is refused. The lock is the kernel's (flock), so a process that dies, even by SIGKILL, holds nothing."""
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: no guard, as before
+            yield
+            return
+        with open(self.lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise DeblurError(f"{self.path}: another training process (pid {holder}) is using this run "
+                                  f"folder; wait for it to end, or choose another folder") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def has_resume_checkpoint(self) -> bool:
+        """Whether a resume can continue this run: last.pt, or previous.pt where a kill left no last.pt."""
+        return self.last.is_file() or self.previous.is_file()
 
     @property
     def best(self) -> Path:

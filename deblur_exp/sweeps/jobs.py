@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def forget_failed_start(cfg: DictConfig) -> None:
     holds no checkpoint), and a resume=RUN attempt leaves the run's record as it was."""
     if (resumed := resumed_run(cfg)) is not None:
         RunDir(resumed).discard_staged_record()
-    elif not cfg.resume:
+    elif cfg.resume == "auto":
+        RunDir(cfg.paths.run_dir).discard_staged_record()
+    else:
         remove_unstarted_run(Path(cfg.paths.run_dir))
 
 
@@ -106,6 +109,8 @@ def _run_job(cfg: DictConfig) -> float:
             if (resumed := resumed_run(cfg)) is not None:
                 RunDir(resumed).discard_staged_record()
             raise
+        if cfg.resume:  # a failed resume leaves the job's record as it was
+            forget_failed_start(cfg)
         if isinstance(exc, DeblurError):
             log.error("job failed: %s", message)
         else:
@@ -119,10 +124,8 @@ def _run_job(cfg: DictConfig) -> float:
 def remove_unstarted_run(run_dir: Path) -> None:
     """A single run that failed before it trained an epoch leaves no folder behind (only .hydra/ and an empty
     log would be in it); a folder holding anything else is left alone."""
-    import shutil
-
     run = RunDir(run_dir)
-    expected = {p.name for p in (run.hydra, run.log, run.checkpoints, run.metrics, run.tensorboard)}
+    expected = {p.name for p in (run.hydra, run.log, run.checkpoints, run.metrics, run.tensorboard, run.lock)}
     if not run_dir.is_dir() or any(p.name not in expected for p in run_dir.iterdir()):
         return
     metrics = run.metrics

@@ -71,18 +71,25 @@ def train(cfg: DictConfig) -> float:
     """Train one run as ``cfg`` says; returns its ``objective`` (what a sweeper maximises)."""
     check_config(cfg)
     if cfg.resume == "auto":  # the job's own folder decides: skip it, continue it, or start it
-        decision = auto_resume(Path(cfg.paths.run_dir), cfg.trainer.epochs, parse_duration(cfg.trainer.max_time))
+        decision = auto_resume(cfg)
         log.info("resume=auto: %s: %s", cfg.paths.run_dir, decision.reason)
-        if decision.action == "skip":
+        if decision.action == "skip":  # the run stays as it was, its record included
+            RunDir(cfg.paths.run_dir).discard_staged_record()
             return objective_value(json.loads(RunDir(cfg.paths.run_dir).summary.read_text()), cfg.objective)
+        if decision.action == "start":  # nothing here to protect: this attempt's record is the run's
+            RunDir(cfg.paths.run_dir).accept_staged_record()
         cfg = settled(cfg, resume=str(cfg.paths.run_dir) if decision.action == "resume" else None)
     folder = RunDir(Path(cfg.resume or cfg.paths.run_dir).expanduser().resolve())
+    if not cfg.resume and folder.holds_run():
+        raise DeblurError(f"paths.run_dir: {folder.path} already holds a run; continue it with: python "
+                          f"scripts/train.py resume={folder.path}, or choose another folder")
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: ranks other than 0 write nothing
         return _train(cfg, folder)
     folder.prepare()
     handler = folder.attach_log()
     try:
-        return _train(cfg, folder)
+        with folder.owned():
+            return _train(cfg, folder)
     except WriteFailed as exc:  # e.g. a full disk: the last good checkpoint is intact, say how to go on
         next_step = (f"free some space, then resume with: python scripts/train.py resume={folder.path}"
                      if folder.last.is_file() else "free some space and start the run again")
