@@ -99,3 +99,17 @@ def test_registering_a_new_architecture_needs_no_other_edit():
         assert isinstance(build_model("tiny_test_net"), TinyNet)
     finally:
         models._REGISTRY.pop("tiny_test_net")
+
+
+def test_a_model_module_that_fails_to_import_is_named_in_the_error(tmp_path, monkeypatch):
+    """One broken architecture module hides neither the others nor its own error: asking for a missing model says
+    which module failed and why, not only "unknown model"."""
+    (tmp_path / "zz_broken.py").write_text("import not_a_real_dependency\n")
+    monkeypatch.setattr(models, "__path__", [*models.__path__, str(tmp_path)])
+    monkeypatch.setattr(models, "_discovered", False)
+    monkeypatch.setattr(models, "_BROKEN", {})
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    with pytest.raises(DeblurError, match=r"unknown model 'unet'; known models: .*edsr.*; "
+                                          r"deblur_exp/models/zz_broken.py failed to import \(ModuleNotFoundError"):
+        build_model("unet")
+    assert "edsr" in list_models()

@@ -401,7 +401,8 @@ def test_a_run_whose_last_checkpoint_a_kill_took_resumes_from_the_previous_one(t
 def test_a_fresh_run_into_a_run_folder_is_refused_before_it_touches_anything(tmp_path):
     run = tiny_run(tmp_path)
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    again = run_script("train.py", *TINY, "model=edsr", f"paths.run_dir={run}", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    again = run_script("train.py", *TINY, "model=edsr", f"paths.run_dir={run}",
+                       env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert again.returncode == 2 and again.stderr.strip().count("\n") == 0
     assert f"resume={run}" in again.stderr
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

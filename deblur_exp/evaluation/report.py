@@ -93,11 +93,11 @@ def recipe_of(folder: Path, config: dict) -> str:
     experiment = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "experiment"),
                       "defaults")
     schedule = str(config["scheduler"].get("_target_") or "constant").rsplit(".", 1)[-1]
-    t = config["trainer"]
+    trainer = config["trainer"]
     dropout = config["model"].get("params", {}).get("dropout")
     return (f"{experiment}: degrade per {config['degradation']['apply_to']}, split by {config['data']['split']}; "
-            f"{schedule}, lr {config['optimizer']['lr']:g}, batch {t['batch_size']}, {t['loss']}, "
-            f"{'fp32' if t.get('precision', '32') == '32' else t['precision']}"
+            f"{schedule}, lr {config['optimizer']['lr']:g}, batch {trainer['batch_size']}, "
+            f"{trainer['loss']}, {'fp32' if trainer.get('precision', '32') == '32' else trainer['precision']}"
             + (f", dropout {dropout:g}" if dropout is not None else ""))
 
 

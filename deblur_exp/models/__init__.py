@@ -45,6 +45,9 @@ def register_model(name: str | None = None):
     return decorator
 
 
+_BROKEN: dict[str, str] = {}  # model modules that failed to import -> their error, said whenever a name is missing
+
+
 def _discover() -> None:
     global _discovered
     if _discovered:
@@ -53,7 +56,8 @@ def _discover() -> None:
         try:
             importlib.import_module(f"{__name__}.{module.name}")
         except Exception as exc:  # one broken architecture must not hide the others
-            log.warning("could not import model module %s: %s", module.name, exc)
+            _BROKEN[module.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("could not import model module %s: %s", module.name, _BROKEN[module.name])
     _discovered = True
 
 
@@ -66,7 +70,9 @@ def list_models(pattern: str = "*") -> list[str]:
 def _builder(name: str) -> Callable[..., nn.Module]:
     _discover()
     if name.lower() not in _REGISTRY:
-        raise DeblurError(f"model.name: unknown model '{name}'; known models: {', '.join(list_models())}")
+        broken = "".join(f"; deblur_exp/models/{module}.py failed to import ({error}), so its models are missing"
+                         for module, error in sorted(_BROKEN.items()))
+        raise DeblurError(f"model.name: unknown model '{name}'; known models: {', '.join(list_models())}{broken}")
     return _REGISTRY[name.lower()]
 
 

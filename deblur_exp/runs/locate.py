@@ -15,7 +15,8 @@ from deblur_exp.runs.run_dir import RunDir, run_checkpoint
 
 
 def find_checkpoints(target: str | Path) -> list[Path]:
-    """A checkpoint file, a run folder (its eval.checkpoint: best.pt unless it says last), a sweep folder (every run in it) or
+    """A checkpoint file, a run folder (its eval.checkpoint: best.pt unless it says last), a sweep folder (every
+    run in it) or
     ``pretrained:<name>`` (a model shipped with the package)."""
     if is_pretrained(target):
         return [pretrained_path(target)]

@@ -283,12 +283,12 @@ def check_eval(cfg: DictConfig, need) -> None:
 
 def check_objective(cfg: DictConfig) -> None:
     """``objective`` (what train.py returns to a sweeper) must be a value the run will produce."""
-    objective, e = cfg.objective, cfg.eval
+    objective, eval_cfg = cfg.objective, cfg.eval
     if objective == "val_psnr":
         return
-    scored = [*e.sets, *(["images"] if e.images else []),
-              *(["held_out"] if e.held_out and cfg.data.split == "image" else [])]
-    if not e.enabled or objective not in scored:
+    scored = [*eval_cfg.sets, *(["images"] if eval_cfg.images else []),
+              *(["held_out"] if eval_cfg.held_out and cfg.data.split == "image" else [])]
+    if not eval_cfg.enabled or objective not in scored:
+        choices = ", ".join(scored) if eval_cfg.enabled and scored else "none: set eval.enabled=true"
         raise DeblurError(f"objective={objective}: not scored by this run; choose val_psnr or a set that eval "
-                          f"scores ({', '.join(scored) if e.enabled and scored else 'none: set eval.enabled=true'};"
-                          f" held_out needs data.split=image and eval.held_out=true)")
+                          f"scores ({choices}; held_out needs data.split=image and eval.held_out=true)")

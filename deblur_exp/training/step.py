@@ -7,7 +7,8 @@ the CPU launching its few hundred kernels, not by the GPU (dncnn alone: 5,400 sa
 results/h200_cuda_fp32.json). A replay is one launch.
 
 What stays the same: the graph is the eager step (same ops in the same order, the dropout masks drawn from
-torch's CUDA generator, which the graph advances on every replay), so the weights follow an eager run's up to cuDNN's choice of kernels. The first
+torch's CUDA generator, which the graph advances on every replay), so the weights follow an eager run's up to
+cuDNN's choice of kernels. The first
 ``WARMUP_STEPS`` full batches of each process run eagerly: they create the optimizer's state and let cuDNN's
 autotuner time its kernels, which it cannot do inside a capture; the capture then finds them in cuDNN's cache.
 A batch of another shape (an epoch's last) runs eagerly too. Checkpoints hold plain float learning rates
