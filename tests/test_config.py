@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,23 @@ def test_data_dir_comes_from_the_environment(monkeypatch, make_cfg):
     monkeypatch.delenv("DEBLUR_DATA_DIR")
     cfg = make_cfg(["data=t91"])
     assert Path(cfg.data.root) == Path(cfg.paths.root_dir) / "data" / "T91"
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay"),
+    (["optimizer.betas=[2,0.5]"], "optimizer.betas"),
+    (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer.momentum"),
+    (["scheduler=plateau", "scheduler.factor=2"], "scheduler.factor"),
+    (["scheduler.warmup=5"], "scheduler.warmup"),
+    (["scheduler.eta_min=1"], "scheduler.eta_min"),
+    (["trainer.num_threads=-1"], "trainer.num_threads"),
+    (["trainer.num_image_samples=0"], "trainer.num_image_samples"),
+    (["trainer.max_time=1e-9"], "trainer.max_time"),
+    (["model=edsr", "model.params.features=-4"], "model.params.features"),
+    (["model=deblurcnn", "model.params.dropout=1.5"], "model.params.dropout"),
+    (["optimizer._target_=os.system"], "optimizer._target_"),
+    (["degradation.blur_sigma=nan"], "degradation.blur_sigma"),
+])
+def test_values_torch_would_refuse_with_a_traceback_are_one_line_naming_the_key(make_cfg, overrides, key):
+    with pytest.raises(DeblurError, match=f"^{re.escape(key)}: "):
+        check_config(make_cfg(overrides))

@@ -12,6 +12,8 @@ checks in ``degradation_problems``.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator
@@ -107,8 +109,8 @@ def degradation_problems(degradation: DegradationConfig) -> Iterator[tuple[str, 
         yield "scale", "must be at least 1 (1 = no down/up-scaling)"
     if not (degradation.blur_kernel == 0 or (degradation.blur_kernel > 0 and degradation.blur_kernel % 2 == 1)):
         yield "blur_kernel", "must be 0 (no blur) or a positive odd number"
-    if degradation.blur_sigma < 0:
-        yield "blur_sigma", "must be >= 0 (0 = derive from the kernel size)"
+    if not (math.isfinite(degradation.blur_sigma) and degradation.blur_sigma >= 0):
+        yield "blur_sigma", "must be a finite number >= 0 (0 = derive from the kernel size)"
 
 
 def min_image_size(degradation: DegradationConfig) -> int:

@@ -204,6 +204,7 @@ def check_known_keys(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Range and consistency checks, run before any data is read; each failure names its key."""
+    check_targets(cfg)
     check_known_keys(cfg)
 
     def need(ok: bool, key: str, message: str) -> None:
@@ -215,6 +216,8 @@ def check_config(cfg: DictConfig) -> None:
     for key, allowed in choices.items():
         need(str(OmegaConf.select(cfg, key)) in allowed, key, f"must be one of {', '.join(allowed)}")
     check_trainer(cfg, need)
+    check_optimizer(cfg, need)
+    check_model_params(cfg, need)
     check_data(cfg, need)
     check_eval(cfg, need)
     check_objective(cfg)
@@ -236,6 +239,9 @@ def check_trainer(cfg: DictConfig, need) -> None:
     for key in ("limit_train_batches", "limit_val_batches"):
         need(trainer[key] is None or trainer[key] > 0, f"trainer.{key}", "must be positive or null (all batches)")
     need(trainer.image_every > 0, "trainer.image_every", "must be a positive integer")
+    need(trainer.num_image_samples > 0, "trainer.num_image_samples", "must be a positive integer")
+    need(trainer.num_threads is None or trainer.num_threads > 0, "trainer.num_threads",
+         "must be a positive integer, or null (torch's default)")
     need(0 <= trainer.dropout < 1, "trainer.dropout", "must lie in [0, 1)")
     if trainer.cuda_graph:  # step.py: a captured step has no room for these
         need(not trainer.compile, "trainer.compile", "must be false with trainer.cuda_graph=true "
@@ -247,9 +253,50 @@ def check_trainer(cfg: DictConfig, need) -> None:
     need(trainer.device in ("auto", "cpu") or trainer.device.split(":")[0] == "cuda", "trainer.device",
          "must be auto, cpu, cuda or cuda:N")
     try:
-        parse_duration(trainer.max_time)
+        seconds = parse_duration(trainer.max_time)
     except ValueError:
-        need(False, "trainer.max_time", "must be a duration: HH:MM:SS, DD:HH:MM:SS or minutes (e.g. 10), or null")
+        seconds = 0.0
+    need(seconds is None or seconds >= 0.001, "trainer.max_time",
+         "must be a duration of at least a millisecond: HH:MM:SS, DD:HH:MM:SS or minutes (e.g. 10), or null")
+
+
+# Where optimizers and schedulers may come from: a _target_ elsewhere (os.system, say) is never instantiated.
+TARGET_MODULES = {"optimizer": ("torch.optim.",),
+                  "scheduler": ("torch.optim.lr_scheduler.", "deblur_exp.training.schedules.")}
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Refuse, before anything is imported or built, a _target_ outside the optimizer and scheduler modules."""
+    for group, prefixes in TARGET_MODULES.items():
+        target = cfg[group].get("_target_")
+        if not (target is None and group == "scheduler" or str(target).startswith(prefixes)):
+            raise DeblurError(f"{group}._target_: must name a class in "
+                              f"{' or '.join(p.rstrip('.') for p in prefixes)} (got {target!r})")
+
+
+def check_optimizer(cfg: DictConfig, need) -> None:
+    """The optimizer's and scheduler's own settings, ranges torch would only refuse with a traceback."""
+    optimizer, scheduler = cfg.optimizer, cfg.scheduler
+    need(optimizer.get("weight_decay", 0) >= 0, "optimizer.weight_decay", "must be >= 0")
+    need(optimizer.get("momentum", 0) >= 0, "optimizer.momentum", "must be >= 0")
+    betas = optimizer.get("betas", [0.9, 0.999])
+    need(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optimizer.betas", "must be two numbers in [0, 1)")
+    need(0 < scheduler.get("factor", 0.5) < 1, "scheduler.factor", "must lie strictly between 0 and 1")
+    need(0 <= scheduler.get("warmup", 0) < 1, "scheduler.warmup", "must be a share of the run in [0, 1)")
+    need(0 <= scheduler.get("eta_min", 0) < optimizer.lr, "scheduler.eta_min",
+         "must be >= 0 and below optimizer.lr (the rate the schedule anneals from)")
+
+
+def check_model_params(cfg: DictConfig, need) -> None:
+    """Sizes (features, blocks, depth, channels) must be positive and dropout rates in [0, 1): the model's own
+    constructor would otherwise fail deep inside torch."""
+    for key, value in cfg.model.params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if "dropout" in key:
+            need(0 <= value < 1, f"model.params.{key}", "must lie in [0, 1)")
+        elif isinstance(value, int):
+            need(value > 0, f"model.params.{key}", "must be a positive integer")
 
 
 def check_data(cfg: DictConfig, need) -> None:
