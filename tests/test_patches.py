@@ -130,3 +130,20 @@ def test_t91_patch_count_and_seed_split():
     train, val = split_indices(patches, data, seed=42)
     assert (len(train), len(val)) == (19_548, 2_173)
     assert np.intersect1d(train, val).size == 0
+
+
+def test_a_readable_but_inconsistent_cache_is_rebuilt(tmp_path, caplog):
+    """A valid .npz whose arrays disagree in length (written by anything but this code) is not trusted: the
+    patches are cut again, and the next run reads the rebuilt cache."""
+    root = make_folder(tmp_path / "imgs", [(30, 30), (40, 30)])
+    data = DataConfig(name="t", root=str(root), patch_size=10, stride=5)
+    cache = tmp_path / "cache"
+    good = load_patches(data, SEED_DEGRADATION, cache)
+    (path,) = cache.glob("*.npz")
+    np.savez(path, sharp=good.sharp, degraded=good.degraded[:-3], image_index=good.image_index,
+             image_names=np.array(good.image_names))
+    with caplog.at_level(logging.WARNING):
+        rebuilt = load_patches(data, SEED_DEGRADATION, cache)
+    assert "inconsistent patch cache" in caplog.text
+    assert np.array_equal(rebuilt.degraded, good.degraded) and len(rebuilt) == len(good)
+    assert len(load_patches(data, SEED_DEGRADATION, cache).degraded) == len(good)

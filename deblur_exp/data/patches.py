@@ -103,12 +103,30 @@ def cache_key(fingerprint: list, data: DataConfig, degradation: DegradationConfi
 def _load_cache(path: Path) -> PatchSet | None:
     try:
         with np.load(path) as z:
-            return PatchSet(z["sharp"], z["degraded"], z["image_index"], [str(n) for n in z["image_names"]])
+            patches = PatchSet(z["sharp"], z["degraded"], z["image_index"], [str(n) for n in z["image_names"]])
     except FileNotFoundError:
         return None
     except Exception as exc:  # a damaged cache is rebuilt, never trusted
         log.warning("ignoring unreadable patch cache %s (%s)", path, exc)
         return None
+    problem = inconsistency(patches)
+    if problem:
+        log.warning("ignoring inconsistent patch cache %s (%s); rebuilding it", path, problem)
+        return None
+    return patches
+
+
+def inconsistency(patches: PatchSet) -> str | None:
+    """What makes a (readable) patch set unusable, or None: arrays that disagree in count or shape, or patches
+    that point at images the set does not name."""
+    count = len(patches.sharp)
+    if patches.degraded.shape != patches.sharp.shape or patches.sharp.ndim != 4:
+        return f"sharp {patches.sharp.shape} and degraded {patches.degraded.shape} disagree"
+    if patches.image_index.shape != (count,):
+        return f"{count} patches but {len(patches.image_index)} image indices"
+    if count and not 0 <= patches.image_index.min() <= patches.image_index.max() < len(patches.image_names):
+        return "image indices outside the named images"
+    return None
 
 
 def _save_cache(path: Path, patches: PatchSet) -> None:
