@@ -118,3 +118,46 @@ def test_folder_without_download_explains_how(tmp_path):
     data = DataConfig(name="t91", root=str(tmp_path / "T91"))
     with pytest.raises(DeblurError, match="data.download=true with data.url"):
         load_patches(data, DegradationConfig(name="g"), None)
+
+
+def serve_once(tmp_path, body: bytes):
+    """A one-file HTTP server on 127.0.0.1 for an archive a test builds; returns (url, stop)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_address[1]}/data.tar", httpd.shutdown
+
+
+@pytest.mark.parametrize("link_name, target", [("A", "Set5"), ("a/b/A", "../../zz")])
+def test_an_archive_holding_a_link_is_refused_and_leaves_nothing(tmp_path, link_name, target):
+    """A link inside the archive would be moved into the data directory as a link: `A -> Set5` trains on the
+    user's own folder, `a/b/A -> ../../zz` points above the data directory. Only plain files and folders pass."""
+    import tarfile
+
+    images = write_sharp_images(tmp_path / "src", names=("i0", "i1", "i2", "i3", "i4"), size=(48, 48))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(images.iterdir()):
+            tar.add(path, f"Set5/{path.name}")
+        link = tarfile.TarInfo(link_name)
+        link.type, link.linkname = tarfile.SYMTYPE, target
+        tar.addfile(link)
+    url, stop = serve_once(tmp_path, buffer.getvalue())
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    try:
+        with pytest.raises(DeblurError, match="not a plain file or folder"):
+            fetch_dataset(url, data_dir / "T91", expected_images=5)
+    finally:
+        stop()
+    assert list(data_dir.iterdir()) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import os
 import shutil
 import tarfile
 import tempfile
@@ -65,6 +66,17 @@ def _extract(archive: Path, dest: Path, url: str) -> None:
         raise DeblurError(f"{url}: archive is corrupt or truncated ({exc})") from None
 
 
+def refuse_links(extracted: Path, url: str) -> None:
+    """A dataset is plain folders and files: a link in the archive (even one that points inside it) would be
+    moved into the data directory as a link, and could make a dataset folder of any folder on the machine."""
+    for folder, dirs, files in os.walk(extracted):  # does not follow links
+        for name in dirs + files:
+            entry = Path(folder) / name
+            if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+                raise DeblurError(f"{url}: the archive holds {entry.relative_to(extracted)}, which is not a plain "
+                                  f"file or folder (a link or a device); refused")
+
+
 def _image_folder(extracted: Path) -> Path:
     """The folder in the archive that holds the images (archives often wrap them in one top folder)."""
     candidates = [extracted] + sorted(p for p in extracted.rglob("*") if p.is_dir())
@@ -86,6 +98,7 @@ def fetch_dataset(url: str, root: Path, sha256: str | None = None, expected_imag
                               f"the file is corrupt or the URL serves something else")
         extracted = Path(tmp) / "extracted"
         _extract(archive, extracted, url)
+        refuse_links(extracted, url)
         images = _image_folder(extracted)
         found = sum(1 for f in images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if found == 0 or (expected_images is not None and found != expected_images):
