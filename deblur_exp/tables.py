@@ -82,3 +82,9 @@ class MetricsTable:
                 os.fsync(f.fileno())
         except OSError as exc:
             raise write_failed(self.path, exc) from None
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (Python keeps them as lone surrogates) shown as \\xNN
+    escapes: what tables, logs and figure titles can hold."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

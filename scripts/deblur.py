@@ -29,7 +29,7 @@ from deblur_exp.metrics import describe_scores
 from deblur_exp.runs.locate import find_checkpoints
 from deblur_exp.runs.pretrained import weak_model_note
 from deblur_exp.runtime import resolve_device
-from deblur_exp.tables import write_csv
+from deblur_exp.tables import printable, write_csv
 
 
 def parse_args() -> argparse.Namespace:
@@ -120,10 +120,10 @@ def main() -> int:
                 scores, sharp, degraded, restored = score_image(restorer, image, device, options)
                 write_image(args.out / f"{stem}_degraded.png", degraded)
                 three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores, path.name)
-                rows.append({"image": path.name, **scores})
-                tqdm.write(f"{path.name}: {describe_scores(scores, arrows=True)}")
+                rows.append({"image": printable(path.name), **scores})
+                tqdm.write(f"{printable(path.name)}: {describe_scores(scores, arrows=True)}")
             else:
-                warning = sharpness_warning(image, restorer, path.name)
+                warning = sharpness_warning(image, restorer, printable(path.name))
                 if warning:
                     tqdm.write(warning)
                 restored = restore_photo(restorer.model, restorer.color, image, device, options)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -285,3 +286,17 @@ def test_deblur_keeps_grey_grey_and_alpha_untouched_and_warns_on_sharp_inputs(tr
     cv2.imwrite(str(inputs / "blurry.png"), blurry)
     result = run_script("deblur.py", "--model", str(trained_run), str(inputs / "blurry.png"), "--out", str(out))
     assert result.returncode == 0 and "looks sharper" not in result.stdout
+
+
+def test_a_file_name_that_is_not_utf8_is_restored_and_shown_escaped(tmp_path):
+    """A name with undecodable bytes (bad\\xff\\xfe.png) neither crashes the figure titles nor the CSV, and the
+    other inputs are still processed."""
+    photos = write_sharp_images(tmp_path / "photos", names=("good",))
+    (photos / "good.png").rename(os.fsdecode(os.fsencode(str(photos)) + b"/bad\xff\xfename.png"))
+    write_sharp_images(photos, names=("good",))
+    result = run_script("deblur.py", "--model", "pretrained:edsr", str(photos), "--out", str(tmp_path / "out"),
+                        "--simulate", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "out" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["image", "bad\\xff\\xfename.png", "good.png", "mean"]
+    assert len(list((tmp_path / "out").glob("*_panel.png"))) == 2

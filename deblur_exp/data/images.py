@@ -15,6 +15,7 @@ import numpy as np
 
 from deblur_exp.atomic import atomic_write
 from deblur_exp.errors import DeblurError
+from deblur_exp.tables import printable
 
 log = logging.getLogger(__name__)
 
@@ -167,5 +168,5 @@ def read_folder(folder: Path, names: list[str] | None = None, min_size: int = 1)
         if min(rgb.shape[:2]) < min_size:
             problems.append(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the {min_size}-pixel minimum")
             continue
-        images.append(Image(path.stem, rgb, path, grey))
+        images.append(Image(printable(path.stem), rgb, path, grey))
     return images, problems

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deblur_exp.atomic import atomic_write  # noqa: E402
+from deblur_exp.tables import printable  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -38,10 +39,10 @@ def panels(path: Path, images: list[np.ndarray], titles: list[str], suptitle: st
     fig, axes = plt.subplots(1, len(images), figsize=(panel_w * len(images), panel_w * height / width + 0.6))
     for ax, image, title in zip(np.atleast_1d(axes), images, titles):
         _show(ax, image)
-        ax.set_title(title, fontsize=11)
+        ax.set_title(printable(title), fontsize=11)
         ax.axis("off")
     if suptitle:
-        fig.suptitle(suptitle, fontsize=12)
+        fig.suptitle(printable(suptitle), fontsize=12)
     _save(fig, path)
 
 
@@ -100,10 +101,10 @@ def zoomed_comparison(path: Path, rows: list[list[tuple[str, np.ndarray]]], box:
             title, image = row[c]
             _show(full, image)
             full.add_patch(Rectangle((left, top), size, size, fill=False, edgecolor="yellow", linewidth=1.2))
-            full.set_title(title, fontsize=9)
+            full.set_title(printable(title), fontsize=9)
             _show(crop, image[top:top + size, left:left + size], interpolation="nearest")
     if suptitle:
-        fig.suptitle(suptitle, fontsize=12)
+        fig.suptitle(printable(suptitle), fontsize=12)
     fig.tight_layout()
     _save(fig, path)
 
