@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deblur_exp.cli import add_eval_options, default_output_dir, make_output_dir, run_cli
-from deblur_exp.data.images import in_format_of, read_alpha, read_image_info, scan_folder, write_image
+from deblur_exp.data.images import MAX_PIXELS, in_format_of, read_alpha, read_image_info, scan_folder, write_image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.figures import before_after, three_panel
 from deblur_exp.evaluation.restore import restore_photo, to_uint8
@@ -40,6 +40,8 @@ def parse_args() -> argparse.Namespace:
                                             "(default: outputs/restored/<date>_<time>)")
     p.add_argument("--simulate", action="store_true", help="degrade the (sharp) inputs first, then score")
     add_eval_options(p, "tile", "tile_overlap", "self_ensemble")
+    p.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
+                   help=f"larger inputs are skipped, named (default {MAX_PIXELS / 1e6:.0f})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args()
 
@@ -115,7 +117,7 @@ def main() -> int:
             problems.append(f"{path}: refusing to overwrite an input with {restored_path}")
             continue
         try:
-            image, grey = read_image_info(path)
+            image, grey = read_image_info(path, int(args.max_megapixels * 1e6))
             if args.simulate:
                 scores, sharp, degraded, restored = score_image(restorer, image, device, options)
                 write_image(args.out / f"{stem}_degraded.png", degraded)

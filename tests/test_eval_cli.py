@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deblur_exp.data.images import read_image, write_image
+from deblur_exp.errors import DeblurError
 from deblur_exp.training.loop import train
 from tests.conftest import TINY, dataset, run_script, write_sharp_images
 
@@ -300,3 +301,33 @@ def test_a_file_name_that_is_not_utf8_is_restored_and_shown_escaped(tmp_path):
     rows = (tmp_path / "out" / "metrics.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows] == ["image", "bad\\xff\\xfename.png", "good.png", "mean"]
     assert len(list((tmp_path / "out").glob("*_panel.png"))) == 2
+
+
+def test_a_huge_canvas_in_a_small_file_is_skipped_by_name_and_the_rest_restored(tmp_path):
+    """A 291 KB PNG that declares 10000x10000 pixels is refused from its header, before decoding; the other inputs
+    of the same call are restored; --max-megapixels raises the limit."""
+    import struct
+    import zlib
+
+    def png(width, height):
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        rows = b"".join(b"\x00" + bytes(width * 3) for _ in range(height))
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+    photos = write_sharp_images(tmp_path / "photos")
+    (photos / "huge.png").write_bytes(png(10000, 10000))
+    result = run_script("deblur.py", "--model", "pretrained:edsr", str(photos), "--out", str(tmp_path / "out"),
+                        "--device", "cpu")
+    assert result.returncode == 1
+    assert "huge.png: 10000x10000 is 100 megapixels, over the 80 megapixel limit" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_restored.png")) == ["alpha_restored.png",
+                                                                                  "beta_restored.png"]
+    from deblur_exp.data.images import read_image_info
+
+    with pytest.raises(DeblurError, match="over the 80 megapixel limit"):
+        read_image_info(photos / "huge.png")
+    assert read_image_info(photos / "alpha.png", max_pixels=2240)[0].shape == (40, 56, 3)  # 56x40: at the limit
+    with pytest.raises(DeblurError, match="alpha.png: 56x40 is 0 megapixels, over the 0 megapixel limit"):
+        read_image_info(photos / "alpha.png", max_pixels=2239)

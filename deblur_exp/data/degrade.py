@@ -13,7 +13,6 @@ checks in ``degradation_problems``.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator

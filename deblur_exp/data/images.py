@@ -6,12 +6,14 @@ conversion happens here exactly once.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image as PILImage
 
 from deblur_exp.atomic import atomic_write
 from deblur_exp.errors import DeblurError
@@ -58,7 +60,24 @@ def read_image(path: str | Path) -> np.ndarray:
     return read_image_info(path)[0]
 
 
-def read_image_info(path: str | Path) -> tuple[np.ndarray, bool]:
+# The largest image decoded (pixels): a small file can declare a huge canvas (a 291 KB PNG of 10000x10000
+# decodes to 300 MB, and restoring it takes many times that). deblur.py --max-megapixels raises it.
+MAX_PIXELS = 80_000_000
+
+
+def declared_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding its pixels; None when Pillow cannot tell."""
+    bomb_limit, PILImage.MAX_IMAGE_PIXELS = PILImage.MAX_IMAGE_PIXELS, None  # our own limit applies instead
+    try:
+        with PILImage.open(io.BytesIO(data.tobytes())) as image:
+            return image.size
+    except Exception:  # noqa: BLE001  not a format Pillow knows: OpenCV decides below
+        return None
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = bomb_limit
+
+
+def read_image_info(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bool]:
     """(HxWx3 uint8 RGB, whether the file held a single grey channel)."""
     path = Path(path)
     try:
@@ -67,6 +86,10 @@ def read_image_info(path: str | Path) -> tuple[np.ndarray, bool]:
         raise DeblurError(f"{path}: cannot read file ({exc.strerror or exc})") from None
     if data.size == 0:
         raise DeblurError(f"{path}: file is empty")
+    size = declared_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise DeblurError(f"{path}: {size[0]}x{size[1]} is {size[0] * size[1] / 1e6:.0f} megapixels, over the "
+                          f"{max_pixels / 1e6:.0f} megapixel limit; skipped (deblur.py --max-megapixels raises it)")
     # ANYCOLOR|ANYDEPTH keeps 16-bit and grey data and, unlike IMREAD_UNCHANGED, applies EXIF orientation.
     pixels = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
     if pixels is None:
