@@ -324,6 +324,28 @@ def test_a_full_disk_mid_run_is_one_line_keeps_last_pt_and_leaves_no_temp_file(m
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
 
 
+def test_a_full_disk_at_tensorboards_flush_is_the_same_one_line(make_cfg, tmp_path, monkeypatch):
+    import errno
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir, calls = tmp_path / "run", {"n": 0}
+    real_flush = SummaryWriter.flush
+
+    def flush_until_the_disk_fills(self):
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_flush(self)
+
+    monkeypatch.setattr(SummaryWriter, "flush", flush_until_the_disk_fills)
+    with pytest.raises(DeblurError) as failure:
+        train(make_cfg([*STEADY, "trainer.epochs=3"], run_dir))
+    message = str(failure.value)
+    assert "\n" not in message and "could not write events: the disk is full" in message
+    assert f"resume with: python scripts/train.py resume={run_dir}" in message
+
+
 def test_atomic_writes_that_hit_enospc_keep_the_old_file_and_remove_the_temp(tmp_path, monkeypatch):
     import errno
 

@@ -10,6 +10,7 @@ trains is one ``RunState`` (state.py); the loop asks ``runtime`` for the device,
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from deblur_exp.atomic import WriteFailed
+from deblur_exp.atomic import WriteFailed, write_failed
 from deblur_exp.config import parse_duration, settled
 from deblur_exp.data.batches import prepare_data
 from deblur_exp.data.sources import image_source
@@ -90,7 +91,11 @@ def train(cfg: DictConfig) -> float:
     try:
         with folder.owned():
             return _train(cfg, folder)
-    except WriteFailed as exc:  # e.g. a full disk: the last good checkpoint is intact, say how to go on
+    except (WriteFailed, OSError) as exc:  # e.g. a full disk: the last good checkpoint is intact, say how to go on
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if isinstance(exc, OSError):  # written outside atomic_write: TensorBoard's event file
+            exc = write_failed(folder.tensorboard / "events", exc)
         next_step = (f"free some space, then resume with: python scripts/train.py resume={folder.path}"
                      if folder.last.is_file() else "free some space and start the run again")
         raise DeblurError(f"{exc}; {next_step}") from None
