@@ -55,3 +55,26 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temp files (``.<name>.<pid>.tmp``) in ``folder`` whose writer is gone (a kill mid-write never
+    renames them into place); returns what was removed. A live writer's temp file is left alone."""
+    removed = []
+    for temp in Path(folder).glob(".*.tmp"):
+        pid = temp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            continue
+        temp.unlink(missing_ok=True)
+        removed.append(temp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

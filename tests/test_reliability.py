@@ -184,9 +184,34 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_good_checkpoint(make_c
 
     monkeypatch.setitem(training.LOSSES, "mse", poisoned)
     run_dir = tmp_path / "run"
-    with pytest.raises(DeblurError, match="training diverged: the loss became nan in epoch 2 by step 4"):
+    with pytest.raises(DeblurError, match=r"training diverged: the loss became nan in epoch 2 by step 4 .*"
+                                          r"\(the last good checkpoint is kept in checkpoints/\)"):
         train(make_cfg(STEADY, run_dir))
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
+
+    def nan_from_the_start(restored, sharp, **kwargs):  # no good checkpoint to speak of
+        return real_mse(restored, sharp, **kwargs) * float("nan")
+
+    monkeypatch.setitem(training.LOSSES, "mse", nan_from_the_start)
+    with pytest.raises(DeblurError, match=r"in epoch 1 by step 4 .*\(no checkpoint had been saved yet\)"):
+        train(make_cfg(STEADY, tmp_path / "fresh"))
+
+
+def test_temp_files_of_killed_writes_are_removed_when_the_folder_is_next_used(make_cfg, tmp_path):
+    """A SIGKILL mid-write leaves .<name>.<pid>.tmp behind (a patch cache write: tens of MB); the next run that
+    uses the folder removes those whose writer is gone, a fresh start into the run folder included."""
+    dead = 2**22 + 12345  # above the kernel's pid range: no such process
+    cache, run_dir = tmp_path / "c", tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    cache.mkdir()
+    leftovers = [cache / f".patches-t-abc.npz.{dead}.tmp", run_dir / "checkpoints" / f".last.pt.{dead}.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"x" * 1000)
+    live = cache / f".patches-t-def.npz.{os.getppid()}.tmp"  # a writer still at work
+    live.write_bytes(b"x")
+    cfg = make_cfg([*STEADY, "trainer.epochs=1", f"paths.cache_dir={cache}"], run_dir)
+    train(cfg)
+    assert not any(leftover.exists() for leftover in leftovers) and live.exists()
 
 
 def test_deterministic_runs_are_bitwise_identical(make_cfg, tmp_path, uninterrupted):

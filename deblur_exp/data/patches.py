@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from deblur_exp.atomic import WriteFailed, atomic_write
+from deblur_exp.atomic import WriteFailed, atomic_write, remove_stale_temps
 from deblur_exp.data.degrade import DegradationConfig, degrade, imresize_matlab, sharp_for
 from deblur_exp.data.images import Image
 from deblur_exp.data.sources import DataConfig, image_source
@@ -143,6 +143,8 @@ def load_patches(data: DataConfig, degradation: DegradationConfig, cache_dir: st
     source = image_source(data)
     cache_path = None
     if data.cache and cache_dir:
+        if Path(cache_dir).is_dir():
+            remove_stale_temps(Path(cache_dir))  # a cache write that a kill interrupted (tens of MB each)
         cache_path = Path(cache_dir) / f"patches-{data.name}-{cache_key(source.fingerprint, data, degradation)}.npz"
         cached = _load_cache(cache_path)
         if cached is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from deblur_exp.atomic import atomic_write
+from deblur_exp.atomic import atomic_write, remove_stale_temps
 from deblur_exp.errors import DeblurError
 from deblur_exp.runs.run_dir import RunDir
 
@@ -122,8 +122,7 @@ def drop_training_state(path: str | Path) -> None:
 
 def load_resume_state(run: RunDir, arch: str) -> dict:
     """last.pt, or previous.pt when last.pt is missing or damaged (a warning names it)."""
-    for stale in run.checkpoints.glob(".*.tmp"):  # a write that a kill interrupted; never renamed into place
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(run.checkpoints)  # writes a kill interrupted; never renamed into place
     problems = []
     for path in (run.last, run.previous):
         try:

@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from deblur_exp.atomic import WriteFailed, write_failed
+from deblur_exp.atomic import WriteFailed, remove_stale_temps, write_failed
 from deblur_exp.config import parse_duration, settled
 from deblur_exp.data.batches import prepare_data
 from deblur_exp.data.sources import image_source
@@ -87,6 +87,7 @@ def train(cfg: DictConfig) -> float:
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: ranks other than 0 write nothing
         return _train(cfg, folder)
     folder.prepare()
+    remove_stale_temps(folder.checkpoints)  # a fresh start too (resume=auto): a killed write's leftovers go
     handler = folder.attach_log()
     try:
         with folder.owned():
@@ -272,8 +273,7 @@ def run_epoch(state: RunState, step: Step, epoch: int, baseline: float | None) -
     train_time = time.perf_counter() - started
     val = evaluate_patches(state, baseline)
     if not math.isfinite(val["val_loss"]):
-        raise DeblurError(f"training diverged: the validation loss is {val['val_loss']} after epoch {epoch}; "
-                          f"lower optimizer.lr. The last good checkpoint is kept in checkpoints/")
+        raise diverged(state, f"the validation loss is {val['val_loss']} after epoch {epoch}")
     lr = float(state.optimizer.param_groups[0]["lr"])  # a tensor under trainer.cuda_graph
     step_scheduler(state.scheduler, val["val_loss"])
     return {"epoch": epoch, "train_loss": done.loss, **val, "lr": lr,
@@ -361,7 +361,7 @@ def train_epoch(state: RunState, step: Step, epoch: int) -> EpochResult:
         loss_sum += step(degraded, sharp).double() * len(sharp)  # weight by batch size: the last batch is smaller
         seen += len(sharp)
         if index % SYNC_EVERY == 0 or index == total:
-            bar.set_postfix(loss=f"{checked_mean(loss_sum, seen, epoch, index):.5f}")
+            bar.set_postfix(loss=f"{checked_mean(state, loss_sum, seen, epoch, index):.5f}")
         if state.stop.signum is not None and index < total:
             bar.close()
             return EpochResult(None, seen, {"step": index, "loss_sum": loss_sum.item(), "seen": seen,
@@ -374,14 +374,19 @@ def train_epoch(state: RunState, step: Step, epoch: int) -> EpochResult:
     return EpochResult(loss_sum.item() / max(seen, 1), seen)
 
 
-def checked_mean(loss_sum: torch.Tensor, seen: int, epoch: int, index: int) -> float:
+def checked_mean(state: RunState, loss_sum: torch.Tensor, seen: int, epoch: int, index: int) -> float:
     """The epoch's running mean loss (one host sync); a diverged run stops here with what to do."""
     mean = loss_sum.item() / seen
     if not math.isfinite(mean):
-        raise DeblurError(f"training diverged: the loss became {mean} in epoch {epoch} by step {index} "
-                          f"(checked every {SYNC_EVERY} steps); lower optimizer.lr. The last good checkpoint is "
-                          f"kept in checkpoints/")
+        raise diverged(state, f"the loss became {mean} in epoch {epoch} by step {index} (checked every "
+                              f"{SYNC_EVERY} steps)")
     return mean
+
+
+def diverged(state: RunState, what: str) -> DeblurError:
+    kept = ("the last good checkpoint is kept in checkpoints/" if state.folder.last.is_file()
+            else "no checkpoint had been saved yet")
+    return DeblurError(f"training diverged: {what}; lower optimizer.lr ({kept})")
 
 
 def out_of_time(state: RunState, index: int) -> bool:
