@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
 
 from deblur_exp.config import REPO_ROOT
-from deblur_exp.errors import DeblurError
+from deblur_exp.errors import DeblurError, Terminated
 
 
 def default_data_dir() -> Path:
@@ -159,6 +160,10 @@ def _known_keys() -> list[str]:
     return sorted(set(walk(cfg)) | params)
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_hydra_cli(main: Callable[[], object]) -> None:
     """Run a ``@hydra.main`` function with configuration mistakes reported as one line and exit status 2.
 
@@ -168,6 +173,7 @@ def run_hydra_cli(main: Callable[[], object]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    signal.signal(signal.SIGTERM, _terminate)  # training installs its own graceful handler while it trains
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         main()
         return
@@ -180,7 +186,8 @@ def run_hydra_cli(main: Callable[[], object]) -> None:
     except DeblurError as exc:  # raised outside a job (a launcher, a callback): still one line
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as exc:  # Ctrl-C outside training's own handler (start-up, data, final evaluation)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside training's own handler (start-up, data, eval)
         logging.disable(logging.INFO)  # a half-imported torch logs cache statistics at exit
-        print("interrupted" + (f" ({exc})" if str(exc) else ""), file=sys.stderr)
-        sys.exit(130)
+        word, status = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(word + (f" ({exc})" if str(exc) else ""), file=sys.stderr)
+        sys.exit(status)

@@ -218,3 +218,23 @@ def test_ctrl_c_outside_training_is_one_line_with_status_130(monkeypatch, capsys
         finally:
             logging.disable(logging.NOTSET)  # run_hydra_cli silences INFO for the exit; the other tests log
         assert stopped.value.code == 130 and capsys.readouterr().err == line
+
+
+def test_sigterm_while_the_data_is_prepared_is_one_line_143_and_leaves_no_folder(tmp_path, monkeypatch):
+    """SIGTERM before training's own handler is installed (here: while the patches are prepared) unwinds like
+    Ctrl-C: a fresh run's folder is removed, one line says so, and the exit status is 143 as a shell expects."""
+    import os
+    import signal
+
+    import deblur_exp.training.loop as loop
+
+    def terminated_mid_preparation(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(loop, "prepare_data", terminated_mid_preparation)
+    run_dir = tmp_path / "run"
+    result = run_script("train.py", *TINY, f"paths.run_dir={run_dir}", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "terminated (no run folder was kept)"
+    assert not run_dir.exists()

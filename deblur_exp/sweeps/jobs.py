@@ -62,13 +62,12 @@ def run_job(cfg: DictConfig) -> float:
     cli.run_hydra_cli, which prints it in one line (a sweep just stops)."""
     try:
         return _run_job(cfg)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or Terminated (SIGTERM): the same clean-up, its own exit status
         if is_multirun():
             raise
         forget_failed_start(cfg)
         run_dir = resumed_run(cfg) or Path(cfg.paths.run_dir)
-        raise KeyboardInterrupt(f"run folder kept: {run_dir}" if run_dir.is_dir() else "no run folder was kept") \
-            from None
+        raise type(exc)(f"run folder kept: {run_dir}" if run_dir.is_dir() else "no run folder was kept") from None
 
 
 def resumed_run(cfg: DictConfig) -> Path | None:
