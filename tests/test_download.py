@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from deblur_exp.data.degrade import DegradationConfig
-from deblur_exp.data.download import fetch_dataset
+from deblur_exp.data.download import DownloadLimits, fetch_dataset
 from deblur_exp.data.patches import load_patches
 from deblur_exp.data.sources import DataConfig
 from deblur_exp.errors import DeblurError
@@ -99,7 +99,7 @@ def test_server_down(tmp_path):
         port = s.getsockname()[1]
     root = tmp_path / "data" / "Set5"
     with pytest.raises(DeblurError, match=f"127.0.0.1:{port}/Set5.zip: download failed"):
-        fetch_dataset(f"http://127.0.0.1:{port}/Set5.zip", root, timeout=5)
+        fetch_dataset(f"http://127.0.0.1:{port}/Set5.zip", root, limits=DownloadLimits(timeout_s=5))
     assert not root.exists()
 
 
@@ -161,3 +161,40 @@ def test_an_archive_holding_a_link_is_refused_and_leaves_nothing(tmp_path, link_
     finally:
         stop()
     assert list(data_dir.iterdir()) == []
+
+
+def test_a_server_that_trickles_is_given_up_at_the_deadline(tmp_path):
+    """A byte at a time, never silent long enough for the socket timeout: the whole download has a deadline."""
+    import time
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            for _ in range(1000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.05)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    root = tmp_path / "data" / "Set5"
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeblurError, match=r"download still unfinished after 1 s"):
+            fetch_dataset(f"http://127.0.0.1:{httpd.server_address[1]}/Set5.zip", root,
+                          limits=DownloadLimits(timeout_s=5, deadline_s=1))
+    finally:
+        httpd.shutdown()
+    assert time.monotonic() - started < 5 and list(root.parent.iterdir()) == []
+
+
+def test_an_archive_that_would_extract_past_the_limit_is_refused(server, tmp_path):
+    root = tmp_path / "data" / "T91"
+    with pytest.raises(DeblurError, match="would extract to .* MiB, over the 0 MiB limit; refused"):
+        fetch_dataset(f"{server}/data.zip", root, limits=DownloadLimits(max_extracted_bytes=1000))
+    assert list(root.parent.iterdir()) == []
