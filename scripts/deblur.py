@@ -24,8 +24,9 @@ from deblur_exp.data.images import MAX_PIXELS, in_format_of, read_alpha, read_im
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.figures import before_after, three_panel
 from deblur_exp.evaluation.restore import restore_photo, to_uint8
-from deblur_exp.evaluation.scoring import IMAGE_FIELDS, ScoringOptions, bar_off, load_restorer, score_image
+from deblur_exp.evaluation.scoring import IMAGE_FIELDS, ScoringOptions, load_restorer, score_image
 from deblur_exp.metrics import describe_scores
+from deblur_exp.progress import bar_off
 from deblur_exp.runs.locate import find_checkpoints
 from deblur_exp.runs.pretrained import weak_model_note
 from deblur_exp.runtime import resolve_device

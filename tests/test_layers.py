@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "deblur_exp"
 
 # Ground floor first. A subpackage is one floor; the ground floor's modules share floor 0.
-FLOORS = ["errors atomic config metrics tables runtime", "models", "data", "runs", "evaluation", "training",
+FLOORS = ["errors atomic config metrics tables runtime progress", "models", "data", "runs", "evaluation", "training",
           "sweeps", "cli"]
 FLOOR_OF = {name: level for level, names in enumerate(FLOORS) for name in names.split()}
 

@@ -147,3 +147,15 @@ def test_a_readable_but_inconsistent_cache_is_rebuilt(tmp_path, caplog):
     assert "inconsistent patch cache" in caplog.text
     assert np.array_equal(rebuilt.degraded, good.degraded) and len(rebuilt) == len(good)
     assert len(load_patches(data, SEED_DEGRADATION, cache).degraded) == len(good)
+
+
+def test_data_preparation_says_how_far_it_is_in_a_log(tmp_path, caplog):
+    """Away from a terminal (a log file, a pipe) reading and cutting log a line at each quarter, so a long
+    preparation is never minutes of silence."""
+    root = make_folder(tmp_path / "imgs", [(30, 30)] * 8)
+    with caplog.at_level(logging.INFO, logger="deblur_exp"):
+        load_patches(DataConfig(name="t", root=str(root), patch_size=10, stride=5), SEED_DEGRADATION, None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if line.startswith("cutting and degrading patches")] == [
+        f"cutting and degrading patches: {k}/8 images" for k in (2, 4, 6, 8)]
+    assert f"reading {root.name}: 8/8 images" in lines

@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 
 from deblur_exp.atomic import atomic_write
 from deblur_exp.errors import DeblurError
+from deblur_exp.progress import tracked
 from deblur_exp.tables import printable
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,9 @@ def read_folder(folder: Path, names: list[str] | None = None, min_size: int = 1)
     """Every usable image in ``folder`` (optionally only those whose stem is in ``names``), and one problem line
     for each file that could not be used: unreadable, not an image, or smaller than ``min_size`` pixels."""
     files, problems = scan_folder(folder)
+    files = [path for path in files if names is None or path.stem in names]
     images = []
-    for path in files:
-        if names is not None and path.stem not in names:
-            continue
+    for path in tracked(files, f"reading {folder.name}", len(files), "image"):
         try:
             rgb, grey = read_image_info(path)
         except DeblurError as exc:

@@ -23,6 +23,7 @@ from deblur_exp.data.degrade import DegradationConfig, degrade, imresize_matlab,
 from deblur_exp.data.images import Image
 from deblur_exp.data.sources import DataConfig, image_source
 from deblur_exp.errors import DeblurError
+from deblur_exp.progress import tracked
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def build_patch_set(images: list[Image], data: DataConfig, degradation: Degradat
     """Every image's patches at every size in ``data.scales``; a shrunk copy's patches keep their image's index,
     so split=image holds out all sizes of an image together."""
     sharp, degraded, index = [], [], []
-    for i, image in enumerate(images):
+    for i, image in enumerate(tracked(images, "cutting and degrading patches", len(images), "image")):
         for factor in data.scales:
             rgb = rescaled(image.rgb, factor)
             if min(rgb.shape[:2]) < data.patch_size:  # a shrunk copy too small for one patch adds nothing

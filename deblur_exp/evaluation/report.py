@@ -24,8 +24,9 @@ from deblur_exp.data.images import Image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.figures import detail_box, learning_curves, zoomed_comparison
 from deblur_exp.evaluation.restore import restore_image
-from deblur_exp.evaluation.scoring import Restorer, bar_off, load_restorer, score_pair
+from deblur_exp.evaluation.scoring import Restorer, load_restorer, score_pair
 from deblur_exp.metrics import IMAGE_METRICS
+from deblur_exp.progress import bar_off
 from deblur_exp.runs.run_dir import RunDir, run_checkpoint
 from deblur_exp.tables import markdown_table, read_csv, write_csv, write_text
 

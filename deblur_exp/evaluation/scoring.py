@@ -20,6 +20,7 @@ from deblur_exp.evaluation.figures import three_panel
 from deblur_exp.evaluation.restore import RestoreOptions, restore_batch, restore_image, to_uint8
 from deblur_exp.metrics import IMAGE_METRICS, SSIM_WINDOW, describe_scores, score_fields
 from deblur_exp.models import build_model
+from deblur_exp.progress import bar_off
 from deblur_exp.runs.checkpoint import load_checkpoint
 from deblur_exp.runs.run_dir import RunDir
 from deblur_exp.tables import write_csv, write_json
@@ -194,12 +195,6 @@ def evaluate_set(restorer: Restorer, images: Iterable[Image], device, options: S
                     on_image(images[index], sharp, degraded, restored_image, rows[index])
             bar.update(len(batch))
     return [rows[index] for index in sorted(rows)], problems
-
-
-def bar_off(wanted: bool) -> bool | None:
-    """tqdm's ``disable``: no bar when not wanted; otherwise None, which shows a bar on a terminal only, so logs
-    and pipes get the one line per epoch or image instead of a flood of carriage-return updates."""
-    return None if wanted else True
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -29,9 +29,10 @@ from deblur_exp.config import parse_duration, settled
 from deblur_exp.data.batches import prepare_data
 from deblur_exp.data.sources import image_source
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation.scoring import ScoresDuringTraining, bar_off, evaluate_run
+from deblur_exp.evaluation.scoring import ScoresDuringTraining, evaluate_run
 from deblur_exp.metrics import batch_psnr
 from deblur_exp.models import build_model, count_parameters
+from deblur_exp.progress import bar_off
 from deblur_exp.runs.checkpoint import load_resume_state, save_checkpoint
 from deblur_exp.runs.locate import load_init_weights
 from deblur_exp.runs.resume import auto_resume

@@ -1,0 +1,30 @@
+"""Progress on long work: a bar on a terminal; in a log file or a pipe, a few lines instead of a flood of
+carriage-return updates (a log read later must still say what the run was doing and how far it got)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Iterable, Iterator, TypeVar
+
+from tqdm import tqdm
+
+Item = TypeVar("Item")
+log = logging.getLogger("deblur_exp")
+
+
+def bar_off(wanted: bool) -> bool | None:
+    """tqdm's ``disable``: no bar when not wanted; otherwise None, which shows a bar on a terminal only."""
+    return None if wanted else True
+
+
+def tracked(items: Iterable[Item], desc: str, total: int, unit: str = "item") -> Iterator[Item]:
+    """``items`` with a bar on a terminal, or a log line at every quarter of ``total`` elsewhere."""
+    if sys.stderr.isatty():
+        yield from tqdm(items, desc=desc, total=total, unit=unit, leave=False)
+        return
+    marks = {max(1, round(total * quarter / 4)) for quarter in range(1, 5)} if total else set()
+    for done, item in enumerate(items, start=1):
+        yield item
+        if done in marks:
+            log.info("%s: %d/%d %ss", desc, done, total, unit)
