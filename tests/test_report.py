@@ -49,9 +49,8 @@ def test_report_tables_figures_and_scores_agree_with_the_runs(tiny_sweep, tmp_pa
         assert float(row["Set5_rgb_ssim"]) == pytest.approx(summary["eval"]["Set5"]["ssim_restored"], abs=1e-4)
         assert row["epochs"] == "2" and row["stopped_by"] == "epochs" and row["device"].startswith("cpu")
         precision = "fp32" if resolve_precision("auto", torch.device("cpu")) == "32" else "bf16"  # as trained here
-        dropout = ", dropout 0" if model == "deblurcnn_res" else ""  # srcnn has no dropout
         assert row["recipe"] == ("defaults: degrade per image, split by image; WarmupCosine, lr 0.0003, batch 8, mse, "
-                                 f"{precision}{dropout}")
+                                 f"{precision}")  # the same for both models: one sweep, one recipe
         assert (job / "curves.png").stat().st_size > 0  # every run draws its own curves when it ends
         during = [(r["epoch"], r["set"]) for r in load_run(job).during]  # what the report's curves.png draws
         assert during == [("2", "Set5"), ("2", "held_out")]
@@ -138,3 +137,24 @@ def test_the_zoom_goes_where_the_detail_is():
     image[60:85, 30:55] = np.random.default_rng(0).integers(0, 256, (25, 25, 3))
     assert detail_box(image, size=25) == (60, 30, 25)
     assert detail_box(image)[2] == 25  # default: a quarter of the shorter side
+
+
+def test_one_sweep_over_models_is_one_recipe_with_one_degraded_line(tmp_path):
+    """A dropout rate only the deblurcnn family takes does not split a five-model sweep into two recipes, and the
+    degraded input's validation PSNR, shared by every run, is one line in curves.png."""
+    from types import SimpleNamespace
+
+    from deblur_exp.evaluation.report import degraded_baselines, recipe_of
+
+    base = {"scheduler": {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau"}, "optimizer": {"lr": 5e-4},
+            "trainer": {"batch_size": 30, "loss": "mse", "precision": "32"}, "degradation": {"apply_to": "patch"},
+            "data": {"split": "patch"}}
+    with_dropout = {**base, "model": {"name": "deblurcnn", "params": {"dropout": 0.2}}}
+    without = {**base, "model": {"name": "edsr", "params": {"features": 64}}}
+    assert recipe_of(tmp_path, with_dropout) == recipe_of(tmp_path, without)
+    runs = [SimpleNamespace(recipe=recipe_of(tmp_path, c), summary={"val_psnr_degraded": 26.55})
+            for c in (with_dropout, without)]
+    assert degraded_baselines(runs) == {"degraded input": 26.55}
+    runs[1] = SimpleNamespace(recipe="defaults: other", summary={"val_psnr_degraded": 24.71})
+    assert degraded_baselines(runs) == {f"degraded input ({runs[0].recipe})": 26.55,
+                                        "degraded input (defaults: other)": 24.71}

@@ -88,18 +88,17 @@ def find_runs(targets: list[Path]) -> list[Path]:
 
 def recipe_of(folder: Path, config: dict) -> str:
     """The recipe a run followed: its experiment= override, else the project's defaults, with the choices that
-    tell the seed's and the project's recipes apart (data, schedule, batch, loss)."""
+    tell the seed's and the project's recipes apart (data, schedule, batch, loss). Model settings (a dropout
+    rate only some architectures take) are not part of it: one sweep over models is one recipe."""
     saved = RunDir(folder).overrides
     overrides = (yaml.safe_load(saved.read_text()) or []) if saved.is_file() else []
     experiment = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "experiment"),
                       "defaults")
     schedule = str(config["scheduler"].get("_target_") or "constant").rsplit(".", 1)[-1]
     trainer = config["trainer"]
-    dropout = config["model"].get("params", {}).get("dropout")
     return (f"{experiment}: degrade per {config['degradation']['apply_to']}, split by {config['data']['split']}; "
             f"{schedule}, lr {config['optimizer']['lr']:g}, batch {trainer['batch_size']}, "
-            f"{trainer['loss']}, {'fp32' if trainer.get('precision', '32') == '32' else trainer['precision']}"
-            + (f", dropout {dropout:g}" if dropout is not None else ""))
+            f"{trainer['loss']}, {'fp32' if trainer.get('precision', '32') == '32' else trainer['precision']}")
 
 
 def load_run(folder: Path) -> RunResult:
@@ -259,13 +258,19 @@ def write_report(out: Path, runs: list[RunResult], baseline: dict, request: Repo
     return text
 
 
+def degraded_baselines(runs: list[RunResult]) -> dict[str, float]:
+    """The degraded input's validation PSNR as curves.png draws it: one line when every run shares it, else one
+    per recipe."""
+    values = {run.recipe: run.summary["val_psnr_degraded"] for run in runs
+              if run.summary.get("val_psnr_degraded") is not None}
+    if len(set(values.values())) == 1:
+        return {"degraded input": next(iter(values.values()))}
+    return {f"degraded input ({recipe})": value for recipe, value in values.items()}
+
+
 def write_figures(out: Path, runs: list[RunResult], baseline: dict, compare: str) -> None:
     """curves.png for all runs together; compare_<image>.png with one row pair per recipe."""
-    baselines = {}
-    for run in runs:
-        value = run.summary.get("val_psnr_degraded")
-        if value is not None:
-            baselines[f"degraded input ({run.recipe})"] = value
+    baselines = degraded_baselines(runs)
     learning_curves(out / "curves.png", {r.label: r.metrics for r in runs}, baselines,
                     during={r.label: r.during for r in runs})
     shown = baseline.get("compare")
