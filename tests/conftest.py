@@ -149,3 +149,27 @@ def write_sharp_images(folder: Path, names=("alpha", "beta"), size=(40, 56)) -> 
         base = rng.integers(0, 256, (size[0] // 4, size[1] // 4, 3)).astype(np.uint8)
         write_image(folder / f"{name}.png", np.kron(base, np.ones((4, 4, 1), np.uint8)))
     return folder
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node SLURM cluster on this machine (tests/slurm_cluster.py), installed when missing and allowed,
+    for the whole session; clients find it through SLURM_CONF. Where it cannot be had the SLURM tests are skipped
+    saying why, unless DEBLUR_REQUIRE_SLURM=1 (as CI sets), which makes that a failure."""
+    from tests.slurm_cluster import Cluster, install
+
+    reason = install()
+    if reason:
+        if os.environ.get("DEBLUR_REQUIRE_SLURM") == "1":
+            pytest.fail(f"the SLURM tests must run here (DEBLUR_REQUIRE_SLURM=1): {reason}")
+        pytest.skip(reason)
+    cluster = Cluster(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    saved = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env)
+    yield cluster
+    cluster.stop()
+    if saved is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = saved

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -361,3 +362,38 @@ def test_sweep_progress_back_tests_the_projection_on_a_finished_sweep(tmp_path):
         "0_model=srcnn (6 of 8 epochs), 1_model=edsr (6 of 8 epochs)")
 
 
+# A CPU-only job of the test cluster: the lab preset asks for a GPU, 8 cores and 32 GB.
+ON_SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+
+
+@pytest.mark.slow
+def test_the_five_model_sweep_on_slurm_gives_the_same_run_folders_and_summary(slurm_cluster, tmp_path):
+    """One SLURM job per architecture on a real (one-node) cluster; each writes a complete run folder with
+    slurm.json naming its job and log, and the sweep root gets the usual summary."""
+    result = run_script("train.py", "-m", *ON_SLURM, f"model={FIVE}", *QUICK, "eval.enabled=false",
+                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    folder = sweep_dir(tmp_path)
+    rows = summary_rows(folder)
+    assert sorted(r["model"] for r in rows) == sorted(FIVE.split(",")) and {r["status"] for r in rows} == {"ok"}
+    job_ids = set()
+    for job in (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        slurm = json.loads((job / "slurm.json").read_text())
+        assert (job / "checkpoints" / "last.pt").is_file() and (job / ".hydra" / "overrides.yaml").is_file()
+        assert slurm["partition"] == "debug" and Path(slurm["stdout"]).is_file()
+        job_ids.add(slurm["job_id"])
+    assert len(job_ids) == 5
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_on_slurm_is_named_with_its_log(slurm_cluster, tmp_path):
+    quick = [o for o in QUICK if not o.startswith("data.patch_size")]
+    result = run_script("train.py", "-m", *ON_SLURM, "model=srcnn", "data.patch_size=16,2", *quick,
+                        "eval.enabled=false", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "failed: 1_data.patch_size=2" in result.stdout
+    (log_line,) = [line for line in result.stdout.splitlines() if "SLURM log" in line]
+    log = Path(log_line.split("SLURM log ", 1)[1])
+    assert log.is_file() and "data.patch_size" in log.read_text()
+    assert {r["status"] for r in summary_rows(sweep_dir(tmp_path))} == {"ok", "failed"}

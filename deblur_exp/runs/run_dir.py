@@ -172,6 +172,11 @@ class RunDir:
         return self.eval_figures / set_name / f"{image_name}.png"
 
     @property
+    def slurm(self) -> Path:
+        """slurm.json: the SLURM job that ran this run (job id, node, its log files), when one did."""
+        return self.path / "slurm.json"
+
+    @property
     def error(self) -> Path:
         """error.txt: why a sweep job failed (written by the sweep runner)."""
         return self.path / "error.txt"

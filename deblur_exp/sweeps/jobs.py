@@ -23,6 +23,7 @@ from deblur_exp.config import settled
 from deblur_exp.errors import DeblurError
 from deblur_exp.runs.run_dir import RunDir
 from deblur_exp.runtime import TrainingInterrupted
+from deblur_exp.tables import write_json
 from deblur_exp.training.loop import train
 
 log = logging.getLogger("deblur_exp")
@@ -47,7 +48,10 @@ def job_resources(cfg: DictConfig) -> dict:
     cpus = os.cpu_count() or 1
     jobs = parallel_jobs(hydra_cfg.launcher, cpus)
     changes = {}
-    if cfg.trainer.num_threads is None and jobs > 1:
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK")  # a SLURM job: the cores it was given, not the node's
+    if cfg.trainer.num_threads is None and slurm_cpus:
+        changes["trainer.num_threads"] = int(slurm_cpus)
+    elif cfg.trainer.num_threads is None and jobs > 1:
         changes["trainer.num_threads"] = max(1, cpus // jobs)
     gpus = torch.cuda.device_count()
     if gpus > 1 and cfg.trainer.device in ("auto", "cuda"):
@@ -90,6 +94,7 @@ def _run_job(cfg: DictConfig) -> float:
     multirun = is_multirun()
     if multirun:
         cfg = settled(cfg, **job_resources(cfg))
+        record_slurm_job(RunDir(cfg.paths.run_dir))
         # A re-run job (resume=auto) starts clean: a failure recorded by an earlier attempt no longer holds.
         RunDir(cfg.paths.run_dir).error.unlink(missing_ok=True)
     try:
@@ -135,3 +140,21 @@ def remove_unstarted_run(run_dir: Path) -> None:
         run_dir.parent.rmdir()
 
 
+def record_slurm_job(run: RunDir) -> None:
+    """Under SLURM, write slurm.json into the run folder: the job id and where its logs are, so that a run folder
+    leads to its job (and a failed job's summary line to its log)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return
+    record = {"job_id": job_id, "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+              "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), "node": os.environ.get("SLURMD_NODENAME"),
+              "partition": os.environ.get("SLURM_JOB_PARTITION")}
+    try:
+        import submitit
+
+        paths = submitit.JobEnvironment().paths
+        record.update(stdout=str(paths.stdout), stderr=str(paths.stderr))
+    except Exception:  # noqa: BLE001  not launched through submitit (an sbatch script of one's own)
+        pass
+    run.path.mkdir(parents=True, exist_ok=True)
+    write_json(run.slurm, record)

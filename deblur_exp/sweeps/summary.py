@@ -24,6 +24,8 @@ def job_row(job_dir: Path) -> dict:
     run = RunDir(job_dir)
     overrides = yaml.safe_load(run.overrides.read_text()) or []
     row = {"job": job_dir.name, "overrides": " ".join(overrides)}
+    if run.slurm.is_file():  # a SLURM job: where its log is
+        row["log"] = json.loads(run.slurm.read_text()).get("stdout")  # where the job logged its error
     if run.error.is_file():
         return {**row, "status": "failed", "error": run.error.read_text().strip()}
     if not run.summary.is_file():
@@ -168,6 +170,9 @@ class SweepSummary(Callback):
         print(f"\nsweep summary ({len(rows)} jobs, {len(FAILED_JOBS)} failed): {sweep_dir / 'summary.md'}\n{table}")
         if FAILED_JOBS:
             print(f"failed: {', '.join(FAILED_JOBS)} (each job's error.txt says why); exit status 1")
+        for row in rows:
+            if row["status"] != "ok" and row.get("log"):
+                print(f"  {row['job']}: SLURM log {row['log']}")
 
 
 
