@@ -136,10 +136,15 @@ def autocast_for(precision: str, device: torch.device):
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM: the loop finishes the step in flight, saves last.pt and exits."""
+    """Set by SIGINT/SIGTERM: the loop finishes the step in flight, saves last.pt and exits.
+
+    SIGUSR2 too, where a scheduler's integration handles it (submitit on SLURM: the warning before a time limit or
+    a pre-emption, after which it requeues the job): the loop saves first, then ``hand_over`` passes the signal
+    on to that handler, which requeues; the requeued job resumes from last.pt."""
 
     def __init__(self):
         self.signum: int | None = None
+        self.previous: dict = {}
 
     def __call__(self, signum, frame) -> None:
         self.signum = signum
@@ -149,12 +154,24 @@ class StopFlag:
         if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
             yield self
             return
-        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signals = [signal.SIGINT, signal.SIGTERM]
+        if callable(signal.getsignal(signal.SIGUSR2)):  # someone will requeue this job on it
+            signals.append(signal.SIGUSR2)
+        self.previous = {sig: signal.signal(sig, self) for sig in signals}
         try:
             yield self
         finally:
-            for sig, handler in previous.items():
+            for sig, handler in self.previous.items():
                 signal.signal(sig, handler)
+
+    def hand_over(self) -> None:
+        """After the checkpoint is saved: pass a SIGUSR2 on to the handler it interrupted (submitit requeues the
+        job and exits); other signals stop the run here (TrainingInterrupted)."""
+        handler = self.previous.get(self.signum)
+        if self.signum == signal.SIGUSR2 and callable(handler):
+            logging.getLogger("deblur_exp").warning("SIGUSR2: checkpoint saved; handing over to the job's "
+                                                    "scheduler integration (requeue)")
+            handler(self.signum, None)
 
 
 class TimeBudget:

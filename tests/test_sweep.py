@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,51 @@ def test_a_job_that_fails_on_slurm_is_named_with_its_log(slurm_cluster, tmp_path
     log = Path(log_line.split("SLURM log ", 1)[1])
     assert log.is_file() and "data.patch_size" in log.read_text()
     assert {r["status"] for r in summary_rows(sweep_dir(tmp_path))} == {"ok", "failed"}
+
+
+@pytest.mark.slow
+def test_a_slurm_job_warned_before_its_time_limit_is_requeued_and_ends_bit_exact(slurm_cluster, make_cfg, tmp_path):
+    """SIGUSR2, what SLURM sends before a time limit or a pre-emption (here by scancel --signal=USR2): the job
+    finishes its step, saves last.pt, submitit requeues it, and the requeued job continues from last.pt to the
+    weights of a run that was never stopped."""
+    import time
+
+    import torch
+
+    from deblur_exp.runs.checkpoint import load_checkpoint
+    from deblur_exp.training.loop import train
+
+    steady = [*TINY, "model=deblurcnn", "trainer.dropout=0.2", "trainer.deterministic=true", "trainer.num_threads=1",
+              "trainer.precision=32", "trainer.limit_train_batches=20", "trainer.epochs=8", "eval.enabled=false"]
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "-m", *ON_SLURM, *steady,
+               f"hydra.sweep.dir={sweep}"]
+    submitter = subprocess.Popen(command, env={**os.environ, "DEBLUR_OUTPUT_DIR": str(tmp_path)},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not any("epoch 2/8" in log.read_text() for log in sweep.glob("*/train.log")):
+        assert time.monotonic() < deadline and submitter.poll() is None, submitter.communicate()
+        time.sleep(0.2)
+    (job,) = [p.parent for p in sweep.glob("*/train.log")]
+    job_id = json.loads((job / "slurm.json").read_text())["job_id"]
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    # SLURM holds a requeued job back for a couple of minutes (its begin time); let it start at once
+    while submitter.poll() is None and "resumed from" not in (job / "train.log").read_text():
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
+        if state.startswith("PENDING"):
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+        assert time.monotonic() < deadline + 120, state
+        time.sleep(0.5)
+    stdout, stderr = submitter.communicate(timeout=300)
+    assert submitter.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    log = (job / "train.log").read_text()
+    assert "SIGUSR2: checkpoint saved" in log and "resumed from" in log
+
+    threads = torch.get_num_threads()
+    try:
+        train(make_cfg(steady, tmp_path / "uninterrupted"))
+    finally:
+        torch.set_num_threads(threads)
+    resumed = load_checkpoint(job / "checkpoints" / "last.pt")["model"]
+    reference = load_checkpoint(tmp_path / "uninterrupted" / "checkpoints" / "last.pt")["model"]
+    assert resumed.keys() == reference.keys() and all(torch.equal(resumed[k], reference[k]) for k in reference)

@@ -93,7 +93,9 @@ def forget_failed_start(cfg: DictConfig) -> None:
 def _run_job(cfg: DictConfig) -> float:
     multirun = is_multirun()
     if multirun:
-        cfg = settled(cfg, **job_resources(cfg))
+        requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and not cfg.resume
+        # a job SLURM requeued (pre-empted, or warned before its time limit) continues its own run folder
+        cfg = settled(cfg, **job_resources(cfg), **({"resume": "auto"} if requeued else {}))
         record_slurm_job(RunDir(cfg.paths.run_dir))
         # A re-run job (resume=auto) starts clean: a failure recorded by an earlier attempt no longer holds.
         RunDir(cfg.paths.run_dir).error.unlink(missing_ok=True)

@@ -258,6 +258,7 @@ def run_epochs(state: RunState) -> str:
             record_epoch(state, row)
             save_epoch(state, row)
             if state.stop.signum is not None:
+                state.stop.hand_over()
                 raise TrainingInterrupted.by(state.stop, state.folder.path, f"epoch {epoch}")
     return "epochs"
 
@@ -270,6 +271,7 @@ def run_epoch(state: RunState, step: Step, epoch: int, baseline: float | None) -
     if done.partial is not None:  # SIGINT/SIGTERM mid-epoch: save where we are, then stop
         save_checkpoint(state.folder.last, {**checkpoint_state(state, epoch - 1), "partial_epoch": done.partial},
                         keep_previous=True)
+        state.stop.hand_over()
         raise TrainingInterrupted.by(state.stop, state.folder.path, f"epoch {epoch}, step {done.partial['step']}")
     train_time = time.perf_counter() - started
     val = evaluate_patches(state, baseline)
