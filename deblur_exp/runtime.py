@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -80,8 +81,26 @@ class Distributed:
         return order[self.rank:usable:self.world]
 
 
+def ranks_from_slurm() -> None:
+    """A SLURM job of several tasks (srun starts one process per task) trains as torchrun would: its
+    SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID become RANK / WORLD_SIZE / LOCAL_RANK, and the first node of the
+    job, on a port derived from the job id, hosts the rendezvous. A no-op under torchrun or for one task."""
+    tasks = int(os.environ.get("SLURM_NTASKS") or 1)
+    if "WORLD_SIZE" in os.environ or tasks < 2 or "SLURM_PROCID" not in os.environ:
+        return
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURMD_NODENAME") or "127.0.0.1"
+    if any(c in nodes for c in "[,"):  # a compressed host list: its first host
+        nodes = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True,
+                               text=True).stdout.split()[0]
+    os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=str(tasks),
+                      LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"), MASTER_ADDR=nodes,
+                      MASTER_PORT=str(20000 + int(os.environ.get("SLURM_JOB_ID") or 0) % 20000))
+
+
 def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
-    """Join the process group torchrun set up (NCCL on CUDA, Gloo on CPU); each rank gets its own GPU."""
+    """Join the process group torchrun (or a SLURM job of several tasks) set up: NCCL on CUDA, Gloo on CPU; each
+    rank gets its own GPU."""
+    ranks_from_slurm()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Distributed(), device

@@ -446,3 +446,17 @@ def test_a_slurm_job_warned_before_its_time_limit_is_requeued_and_ends_bit_exact
     resumed = load_checkpoint(job / "checkpoints" / "last.pt")["model"]
     reference = load_checkpoint(tmp_path / "uninterrupted" / "checkpoints" / "last.pt")["model"]
     assert resumed.keys() == reference.keys() and all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+@pytest.mark.slow
+def test_a_slurm_job_of_two_tasks_trains_ddp_into_one_run_folder(slurm_cluster, tmp_path):
+    """tasks_per_node=2: srun starts two processes, which join one Gloo process group from SLURM's own rank and
+    world-size variables and write one run folder (rank 0)."""
+    result = run_script("train.py", "-m", *ON_SLURM, "hydra.launcher.tasks_per_node=2", "model=srcnn", *QUICK,
+                        "trainer.epochs=2", "eval.enabled=false", env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (job,) = [p for p in sweep_dir(tmp_path).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    log = (job / "train.log").read_text()
+    assert "distributed: 2 processes (Gloo); effective batch 16 = 8 per process x 2" in log
+    assert log.count("epoch 2/2") == 1 and [r["epoch"] for r in read_csv(job / "metrics.csv")] == ["1", "2"]
+    assert json.loads((job / "summary.json").read_text())["epochs"] == 2

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from deblur_exp.config import settled
 from deblur_exp.errors import DeblurError
 from deblur_exp.runs.run_dir import RunDir
-from deblur_exp.runtime import TrainingInterrupted
+from deblur_exp.runtime import TrainingInterrupted, ranks_from_slurm
 from deblur_exp.tables import write_json
 from deblur_exp.training.loop import train
 
@@ -91,6 +91,7 @@ def forget_failed_start(cfg: DictConfig) -> None:
 
 
 def _run_job(cfg: DictConfig) -> float:
+    ranks_from_slurm()  # a SLURM job of several tasks: RANK and WORLD_SIZE before anything asks for them
     multirun = is_multirun()
     if multirun:
         requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and not cfg.resume
@@ -144,9 +145,9 @@ def remove_unstarted_run(run_dir: Path) -> None:
 
 def record_slurm_job(run: RunDir) -> None:
     """Under SLURM, write slurm.json into the run folder: the job id and where its logs are, so that a run folder
-    leads to its job (and a failed job's summary line to its log)."""
+    leads to its job (and a failed job's summary line to its log). Rank 0 of a job of several tasks writes it."""
     job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id:
+    if not job_id or int(os.environ.get("RANK", "0")) != 0:
         return
     record = {"job_id": job_id, "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
               "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), "node": os.environ.get("SLURMD_NODENAME"),
