@@ -1,9 +1,9 @@
 """Restore your own photos with a trained model.
 
-    python scripts/deblur.py --model RUN_OR_CHECKPOINT_OR_pretrained:NAME INPUT [INPUT ...] [--out DIR]
+    python scripts/deblur.py [--model RUN_OR_CHECKPOINT_OR_pretrained:NAME] INPUT [INPUT ...] [--out DIR]
                              [--simulate] [--tile N] [--self-ensemble] [--device D]
 
-INPUT is an image file or a folder of them. Each restored image is written to DIR (default
+INPUT is an image file or a folder of them; without --model the package's default model restores them. Each restored image is written to DIR (default
 outputs/restored/<date>_<time>) as <name>_restored.png with
 a before/after figure; inputs are never overwritten. With --simulate the input is taken as sharp ground truth:
 it is degraded with the model's own training degradation first, then restored, and PSNR/SSIM of degraded and
@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deblur_exp.cli import add_eval_options, default_output_dir, make_output_dir, run_cli
+from deblur_exp.data.degrade import describe_degradation
 from deblur_exp.data.images import MAX_PIXELS, in_format_of, read_alpha, read_image_info, scan_folder, write_image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.figures import before_after, three_panel
@@ -28,14 +29,15 @@ from deblur_exp.evaluation.scoring import IMAGE_FIELDS, ScoringOptions, load_res
 from deblur_exp.metrics import describe_scores
 from deblur_exp.progress import bar_off
 from deblur_exp.runs.locate import find_checkpoints
-from deblur_exp.runs.pretrained import weak_model_note
+from deblur_exp.runs.pretrained import DEFAULT, PREFIX
 from deblur_exp.runtime import resolve_device
 from deblur_exp.tables import printable, write_csv
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="run folder or checkpoint file")
+    p.add_argument("--model", default=PREFIX + DEFAULT,
+                   help=f"run folder, checkpoint file or pretrained:NAME (default: {PREFIX + DEFAULT})")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     p.add_argument("--out", type=Path, help="folder for the restored images and figures "
                                             "(default: outputs/restored/<date>_<time>)")
@@ -81,14 +83,8 @@ def sharpness_warning(image, restorer, name: str) -> str | None:
         return None
     return (f"warning: {name} looks sharper than the inputs this model was trained on (re-degrading it changes it by "
             f"{change:.1f} dB PSNR; degraded inputs change by {SHARP_INPUT_DB:.0f} dB or less): it may come out "
-            f"over-sharpened. The model undoes {describe(restorer.degradation)}; use --simulate to degrade it first")
-
-
-def describe(degradation) -> str:
-    kernel, scale = degradation.blur_kernel, degradation.scale
-    blur = f"a {kernel}x{kernel} Gaussian blur" if kernel else "no blur"
-    resize = f", a x1/{scale} downscale ({degradation.down_interp}) and upscale ({degradation.up_interp})"
-    return blur + (resize if scale > 1 else "")
+            f"over-sharpened. The model undoes {describe_degradation(restorer.degradation)}; use --simulate to "
+            f"degrade it first")
 
 
 def main() -> int:
@@ -99,9 +95,8 @@ def main() -> int:
     checkpoint = find_checkpoints(args.model)[0]
     restorer = load_restorer(checkpoint, device)
     options = ScoringOptions(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)
-    note = weak_model_note(args.model)  # a photo shows no score: say so when a shipped model is weaker than its input
-    if note:
-        print(note)
+    print(f"restoring with {args.model} ({restorer.arch}, epoch {restorer.epoch}): it undoes "
+          f"{describe_degradation(restorer.degradation)}")
     args.out = args.out or default_output_dir("restored")
     problems: list[str] = []
     files = expand_inputs(args.inputs, problems)

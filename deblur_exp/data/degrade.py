@@ -112,6 +112,14 @@ def degradation_problems(degradation: DegradationConfig) -> Iterator[tuple[str, 
         yield "blur_sigma", "must be a finite number >= 0 (0 = derive from the kernel size)"
 
 
+def describe_degradation(degradation: DegradationConfig) -> str:
+    """What the degradation does, in words (what a model trained on it undoes)."""
+    kernel, scale = degradation.blur_kernel, degradation.scale
+    blur = f"a {kernel}x{kernel} Gaussian blur" if kernel else "no blur"
+    resize = f", a x1/{scale} downscale ({degradation.down_interp}) and upscale ({degradation.up_interp})"
+    return blur + (resize if scale > 1 else "")
+
+
 def min_image_size(degradation: DegradationConfig) -> int:
     """Smallest side that survives the downscale (floor(size / scale) >= 1)."""
     return max(1, degradation.scale)

@@ -19,6 +19,7 @@ PREFIX = "pretrained:"
 FOLDER = Path(__file__).resolve().parents[1] / "weights"  # deblur_exp/weights
 MANIFEST = "manifest.json"
 DEGRADED = "_degraded"  # the suffix of a score key that holds the degraded input's figure
+DEFAULT = "deblur"  # what scripts/deblur.py restores with when --model is not given
 
 
 def manifest() -> dict[str, dict]:
@@ -55,25 +56,10 @@ def pretrained_path(target: str) -> Path:
     return path
 
 
-def weak_model_note(target: str) -> str | None:
-    """For ``pretrained:<name>`` models that restore Set5 worse than its degraded input (the seed-recipe models
-    trained 4 CPU minutes: docs/models.md): a note naming the figures and the best model shipped for
-    the same scoring; None for every other model."""
-    entries = manifest()
-    entry = entries.get(target[len(PREFIX):]) if is_pretrained(target) else None
-    key = next((k for k in (entry or {}).get("scores", {}) if k.startswith("Set5_psnr_") and
-                not k.endswith(DEGRADED)), None)
-    if key is None or entry["scores"].get(key + DEGRADED) is None:
-        return None
-    restored, degraded = entry["scores"][key], entry["scores"][key + DEGRADED]
-    if restored >= degraded:
-        return None
-    best = max((n for n, e in entries.items() if key in e.get("scores", {})), key=lambda n: entries[n]["scores"][key])
-    trained = entry.get("trained", {})
-    return (f"note: {target} restores Set5 to {restored:.2f} dB, below the {degraded:.2f} dB of the degraded input "
-            f"itself: it trained {trained.get('epochs', '?')} epoch(s) in {trained.get('train_time_s', 0) / 60:.1f} "
-            f"min on {trained.get('device', '?')}, too little for this architecture; {PREFIX}{best} "
-            f"({entries[best]['scores'][key]:.2f} dB) is the best shipped model for this degradation")
+def weaker_than_input(scores: dict) -> list[str]:
+    """The score keys where a model restores worse than its degraded input scores (nothing like that ships)."""
+    return [key for key, value in scores.items() if not key.endswith(DEGRADED)
+            and key + DEGRADED in scores and value <= scores[key + DEGRADED]]
 
 
 def export(checkpoint: Path, name: str, trained: dict, scores: dict) -> dict:
@@ -82,6 +68,10 @@ def export(checkpoint: Path, name: str, trained: dict, scores: dict) -> dict:
     ``trained`` says how it was trained (recipe, epochs, device, time); ``scores`` its published test scores
     (``<set>_psnr_<protocol>``, and the degraded input's under the same key + ``_degraded``).
     """
+    weaker = weaker_than_input(scores)
+    if weaker:
+        raise DeblurError(f"{checkpoint}: restores worse than its degraded input on {', '.join(weaker)}; a model "
+                          f"that makes images worse is not shipped")
     state = load_checkpoint(checkpoint)
     path = FOLDER / f"{name}.pt"
     save_checkpoint(path, {**weights_only(state), "trained": trained})
