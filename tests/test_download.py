@@ -198,3 +198,28 @@ def test_an_archive_that_would_extract_past_the_limit_is_refused(server, tmp_pat
     with pytest.raises(DeblurError, match="would extract to .* MiB, over the 0 MiB limit; refused"):
         fetch_dataset(f"{server}/data.zip", root, limits=DownloadLimits(max_extracted_bytes=1000))
     assert list(root.parent.iterdir()) == []
+
+
+def test_sigterm_during_a_download_leaves_nothing_behind(server, tmp_path, monkeypatch):
+    """Under scripts/train.py a SIGTERM outside the epochs raises Terminated (cli.run_hydra_cli installs the
+    handler); mid-download it unwinds the temporary folder beside the target, which SIGTERM's default action
+    used to leave (.T91-*)."""
+    import os
+    import signal
+
+    import deblur_exp.data.download as download
+    from deblur_exp.cli import _terminate
+    from deblur_exp.errors import Terminated
+
+    def interrupted(url, dest, *args):
+        dest.write_bytes(b"half an archive")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(download, "_download", interrupted)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(Terminated):
+            fetch_dataset(f"{server}/data.zip", tmp_path / "data" / "T91")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list((tmp_path / "data").iterdir()) == []
