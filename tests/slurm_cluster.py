@@ -90,7 +90,14 @@ class Cluster:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """Stop exactly the daemons this cluster started, newest first."""
+        """Cancel the jobs still on the cluster (their steps are slurmd's children, not ours), then stop exactly
+        the daemons this cluster started, newest first."""
+        env = {**os.environ, **self.env}
+        jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
+        if jobs:
+            subprocess.run(["scancel", *jobs], env=env, capture_output=True)
+            self.wait(lambda: not subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+                      .stdout.strip(), 30, "the jobs did not end after scancel")
         for process in reversed(self.processes):
             process.terminate()
         for process in reversed(self.processes):
