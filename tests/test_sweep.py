@@ -271,8 +271,6 @@ def test_a_killed_sweep_resumes_as_a_whole(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-
-
 def divergence(job, ours, reference, stopped: str, resumed: str) -> str:
     """What a rare failure of the threaded resume needs to be understood: where the job stopped and resumed, which
     job set up first, and the first epoch whose metrics.csv row differs from the reference's."""

@@ -10,11 +10,9 @@ import torch
 DIHEDRAL_VIEWS = tuple((k, flip) for flip in (False, True) for k in range(4))
 
 
-
 def dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     x = torch.rot90(x, k, dims=(2, 3))
     return torch.flip(x, dims=(3,)) if flip else x
-
 
 
 def dihedral_inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:

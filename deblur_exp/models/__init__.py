@@ -28,6 +28,7 @@ class ModelConfig:
     name: str = MISSING
     params: Dict[str, Any] = field(default_factory=dict)
 
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _discovered = False
 

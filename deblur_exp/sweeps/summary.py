@@ -43,17 +43,14 @@ def job_row(job_dir: Path) -> dict:
     return row
 
 
-
 def objective_column(objective: str) -> str:
     """The summary column holding a run's ``objective``: best_val_psnr, or <eval set>_psnr."""
     return "best_val_psnr" if objective == "val_psnr" else f"{objective}_psnr"
 
 
-
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """The job folders of a sweep (each has the .hydra/overrides.yaml Hydra wrote), sorted by name."""
     return sorted(p for p in sweep_dir.iterdir() if RunDir(p).overrides.is_file())
-
 
 
 def named_sweep_jobs(sweep: Path) -> dict[str, Path]:
@@ -66,7 +63,6 @@ def named_sweep_jobs(sweep: Path) -> dict[str, Path]:
     return jobs
 
 
-
 def metrics_rows(job: Path) -> list[dict]:
     """The job's metrics.csv as dicts of strings, one per finished epoch."""
     metrics = RunDir(job).metrics
@@ -75,17 +71,14 @@ def metrics_rows(job: Path) -> list[dict]:
     return read_csv(metrics)
 
 
-
 def epoch_times(job: Path) -> list[float]:
     """Seconds each finished epoch of the job took (training and validation), from its metrics.csv."""
     return [float(row["epoch_time_s"]) for row in metrics_rows(job)]
 
 
-
 def steady_epoch(times: list[float]) -> float:
     """A job's typical epoch: the median after the first, which pays for start-up and compilation."""
     return statistics.median(times[1:] or times)
-
 
 
 def projected_wall(times: dict[str, list[float]], wall_k: float, k: int, full_epochs: int) -> float:
@@ -95,7 +88,6 @@ def projected_wall(times: dict[str, list[float]], wall_k: float, k: int, full_ep
     speed as their neighbours start and finish."""
     slowest = max(steady_epoch(t[:k]) for t in times.values())
     return wall_k + (full_epochs - k) * slowest
-
 
 
 def projection_checks(times: dict[str, list[float]], wall: float, full_epochs: int) -> dict[str, dict]:
@@ -112,13 +104,11 @@ def projection_checks(times: dict[str, list[float]], wall: float, full_epochs: i
     return checks
 
 
-
 def collect(sweep_dir: Path, objective: str = "val_psnr") -> list[dict]:
     """One row per job folder, best objective (what the sweeper maximised) first, failed jobs last."""
     rows = [job_row(j) for j in sweep_jobs(sweep_dir)]
     column = objective_column(objective)
     return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get(column) or -math.inf)))
-
 
 
 def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
@@ -143,7 +133,6 @@ def write_summary(sweep_dir: Path, rows: list[dict]) -> str:
     return table
 
 
-
 def shared_baseline(rows: list[dict]) -> dict | None:
     """The degraded input's scores when every finished job has the same ones (same data, degradation and eval
     sets); None when they differ (e.g. a sweep over degradations), where one baseline row would mislead."""
@@ -154,7 +143,6 @@ def shared_baseline(rows: list[dict]) -> dict | None:
         if value is None or any(not math.isclose(b[key], value, abs_tol=1e-6) for b in baselines):
             return None
     return baselines[0]
-
 
 
 class SweepSummary(Callback):
@@ -173,7 +161,6 @@ class SweepSummary(Callback):
         for row in rows:
             if row["status"] != "ok" and row.get("log"):
                 print(f"  {row['job']}: SLURM log {row['log']}")
-
 
 
 # The jobs of this process's sweep that failed, as SweepSummary found them: scripts/train.py -m exits 1 when there

@@ -38,12 +38,10 @@ class OptimizerConfig:
     weight_decay: float = 0.0
 
 
-
 @dataclass
 class AdamConfig(OptimizerConfig):
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     fused: Optional[bool] = None
-
 
 
 @dataclass
@@ -52,13 +50,11 @@ class SGDConfig(OptimizerConfig):
     nesterov: bool = False
 
 
-
 @dataclass
 class SchedulerConfig:
     # None means a constant learning rate.
     _target_: Optional[str] = None
     _partial_: bool = True
-
 
 
 @dataclass
@@ -69,12 +65,10 @@ class PlateauConfig(SchedulerConfig):
     min_lr: float = 0.0
 
 
-
 @dataclass
 class CosineConfig(SchedulerConfig):
     warmup: float = 0.0
     eta_min: float = 0.0
-
 
 
 @dataclass
@@ -102,7 +96,6 @@ class TrainerConfig:
     max_time: Optional[str] = None
 
 
-
 @dataclass
 class PathsConfig:
     root_dir: str = MISSING
@@ -110,7 +103,6 @@ class PathsConfig:
     output_root: str = MISSING
     cache_dir: str = MISSING
     run_dir: str = MISSING
-
 
 
 @dataclass
@@ -126,7 +118,6 @@ class TrainConfig:
     resume: Optional[str] = None
     init_weights: Optional[str] = None
     objective: str = "val_psnr"
-
 
 
 def register_configs() -> None:
@@ -147,9 +138,7 @@ def register_configs() -> None:
     cs.store(group="schema", name="eval", node=EvalConfig)
 
 
-
 register_configs()
-
 
 
 CHOICES = {
@@ -160,16 +149,13 @@ CHOICES = {
 }
 
 
-
 # The typed groups: every key in them must be a field of their schema (Hydra lets ``+key=value`` add others).
 GROUP_SCHEMAS = {"trainer": TrainerConfig, "data": DataConfig, "degradation": DegradationConfig,
                  "eval": EvalConfig, "paths": PathsConfig}
 
 
-
 def _target_parameters(target: str) -> set[str]:
     return set(inspect.signature(get_class(target)).parameters) | {"_target_", "_partial_"}
-
 
 
 def check_known_keys(cfg: DictConfig) -> None:
@@ -199,7 +185,6 @@ def check_known_keys(cfg: DictConfig) -> None:
         if key not in known:
             raise DeblurError(f"model.params.{key}: no such setting for model={cfg.model.name} (it takes: "
                               f"{', '.join(known) or 'nothing'})")
-
 
 
 def check_config(cfg: DictConfig) -> None:
