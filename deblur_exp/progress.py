@@ -19,11 +19,12 @@ def bar_off(wanted: bool) -> bool | None:
 
 
 def tracked(items: Iterable[Item], desc: str, total: int, unit: str = "item") -> Iterator[Item]:
-    """``items`` with a bar on a terminal, or a log line at every quarter of ``total`` elsewhere."""
+    """``items`` with a bar on a terminal, or a log line at every quarter of ``total`` (4 or more) elsewhere."""
     if sys.stderr.isatty():
         yield from tqdm(items, desc=desc, total=total, unit=unit, leave=False)
         return
-    marks = {max(1, round(total * quarter / 4)) for quarter in range(1, 5)} if total else set()
+    # a line per quarter; a job of a few items is not long work and says nothing
+    marks = {round(total * quarter / 4) for quarter in range(1, 5)} if total >= 4 else set()
     for done, item in enumerate(items, start=1):
         yield item
         if done in marks:
