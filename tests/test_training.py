@@ -46,7 +46,22 @@ def test_tiny_run_writes_every_artefact(make_cfg, tmp_path):
     assert events.Tags()["images"] and events.Tags()["tensors"]  # image grid and config text
     layout = EventAccumulator(str(run_dir / "tensorboard")).Reload().PluginTagToContent("custom_scalars")
     assert layout  # restored and degraded PSNR on one chart (CUSTOM SCALARS tab)
-    assert {tag.split("/")[0] for tag in scalars} >= {"summary", "whole_images"}  # the end-of-run scores
+    assert "whole_images" in {tag.split("/")[0] for tag in scalars}  # the end-of-run scores
+    hparams = EventAccumulator(str(run_dir / "tensorboard" / "hparams")).Reload()  # the HPARAMS table's row
+    assert "summary/best_val_psnr" in hparams.Tags()["scalars"]
+    assert set(hparams.PluginTagToContent("hparams")) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
+
+
+def test_hparams_hold_the_usual_settings_and_every_key_the_command_overrode(make_cfg, tmp_path):
+    from deblur_exp.training.tracking import HPARAM_KEYS, run_hparams
+
+    cfg = make_cfg([*TINY, "optimizer.weight_decay=0.001", "model=edsr", "data.augment=true"], tmp_path / "run")
+    values = run_hparams(cfg, ["model=edsr", "optimizer.weight_decay=0.001", "+hydra.launcher.n_jobs=2",
+                               "paths.run_dir=x", "data.augment=true"])
+    assert list(values)[:len(HPARAM_KEYS)] == HPARAM_KEYS
+    assert values["model"] == "edsr" and values["data"] == "sample" and values["optimizer"] == "Adam"
+    assert values["optimizer.weight_decay"] == 0.001 and values["data.augment"] is True
+    assert values["trainer.max_time"] == "none" and not any(k.startswith(("hydra", "paths")) for k in values)
 
 
 def train_whole_and_resumed(make_cfg, tmp_path, monkeypatch, overrides, before_resume=None):

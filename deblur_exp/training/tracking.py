@@ -6,6 +6,7 @@ What a run records about itself lives here; where it goes is ``run_dir.RunDir``'
 from __future__ import annotations
 
 import logging
+import shutil
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "psnr/val": "val_
            "speed/epoch_time_s": "epoch_time_s"}
 SAMPLES_TAG = "samples/val degraded|restored|sharp"
 SUMMARY_PREFIX = "summary"
+HPARAMS_RUN = "hparams"  # the sub-run of tensorboard/ holding the HPARAMS record
 
 
 # TensorBoard's CUSTOM SCALARS tab: restored and degraded PSNR on one chart, so the moment the model beats its
@@ -105,25 +107,59 @@ def write_run_summary(state: RunState, eval_summary: dict, stopped_by: str = "ep
     learning_curves(run.curves, {cfg.model.name: rows}, baseline, title=run.path.name,
                     during={cfg.model.name: during})
     log_run_end(run, summary, figures=cfg.eval.figures)
-    log_hparams(cfg, state.writer, summary)
+    log_hparams(state, summary)
     return summary
 
 
-def log_hparams(cfg: DictConfig, writer, summary: dict) -> None:
-    """The run's HPARAMS entry: its settings beside its scores, one row per run in TensorBoard's table."""
-    hparams = {
-        "model": cfg.model.name, "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "lr": cfg.optimizer.lr,
-        "scheduler": str(cfg.scheduler.get("_target_") or "none").rsplit(".", 1)[-1], "loss": cfg.trainer.loss,
-        "batch_size": cfg.trainer.batch_size, "epochs": cfg.trainer.epochs, "seed": cfg.trainer.seed,
-        "data": cfg.data.name, "patch_size": cfg.data.patch_size, "stride": cfg.data.stride, "split": cfg.data.split,
-        "degradation": cfg.degradation.name, "scale": cfg.degradation.scale, "blur_kernel": cfg.degradation.blur_kernel,
-        "apply_to": cfg.degradation.apply_to, "precision": cfg.trainer.precision,
-    }
+# The run's settings shown in TensorBoard's HPARAMS table, by their config keys; the run's own overrides join them.
+HPARAM_KEYS = ["model", "optimizer", "optimizer.lr", "scheduler", "trainer.loss", "trainer.batch_size",
+               "trainer.epochs", "trainer.max_time", "trainer.seed", "trainer.precision", "data", "data.patch_size",
+               "data.stride", "data.split", "degradation", "degradation.scale", "degradation.blur_kernel",
+               "degradation.apply_to"]
+
+
+def run_hparams(cfg: DictConfig, overrides: list[str]) -> dict:
+    """{config key: value} for HPARAMS: the usual keys plus every key the run's command overrode (so a swept one is
+    always a column), groups by their option name, unset values as "none"."""
+    keys = list(HPARAM_KEYS)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" in override and key not in keys and not key.startswith(("hydra", "paths", "resume")):
+            keys.append(key)
+    values = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key.replace("/", "."), default=None)
+        if isinstance(value, DictConfig):  # a config group: its option's name (or class)
+            value = value.get("name") or str(value.get("_target_", "")).rsplit(".", 1)[-1] or None
+        values[key] = value if isinstance(value, (int, float, str, bool)) else str(value).lower()
+    return values
+
+
+def log_hparams(state: RunState, summary: dict) -> None:
+    """The run's row in TensorBoard's HPARAMS table: its settings beside its scores. The table shows five setting
+    columns, those whose values differ across the runs on view first, but it works that out only when no run
+    carries an experiment summary (torch's add_hparams writes one that marks nothing as differing, so the first five
+    by name would show). So this writes the session records alone, into tensorboard/hparams/, where the only scalars
+    are the scores: the table's metric columns."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    if not state.dist.is_main:
+        return
+    run = state.folder
+    overrides = OmegaConf.load(run.overrides) if run.overrides.is_file() else []
     metrics = {f"{SUMMARY_PREFIX}/best_val_psnr": summary["best_val_psnr"]}
     for set_name, scores in summary["eval"].items():
         for name in IMAGE_METRICS:
             metrics[f"{SUMMARY_PREFIX}/{set_name}_{name}"] = scores[f"{name}_restored"]
-    writer.add_hparams(hparams, metrics, run_name=".")  # "." keeps it in this run's folder, beside its curves
+    _, session_start, session_end = hparams(run_hparams(state.cfg, [str(o) for o in overrides]), metrics)
+    folder = run.tensorboard / HPARAMS_RUN
+    shutil.rmtree(folder, ignore_errors=True)  # a resumed run's record replaces the one it wrote before
+    with SummaryWriter(str(folder)) as writer:
+        writer.file_writer.add_summary(session_start)
+        writer.file_writer.add_summary(session_end)
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, value)
 
 
 def log_run_end(run: RunDir, summary: dict, figures: bool) -> None:
