@@ -9,7 +9,10 @@
 3. T91 patch preparation, cold (no cache) and warm (cache hit), when T91 is under the data directory;
 4. whole-image inference on Set14 (images/s, peak memory), Set14 evaluation with torch vs scikit-image SSIM
    (images/s), and one 4000x3000 image, tiled (time, peak RSS);
-5. the five-model experiment=seed sweep itself (on CUDA by default): the real `train.py -m` with the joblib
+5. a busy CPU: the default model's training samples/s at the trainer's default batch and precision, quiet and with
+   one busy process per core started by the benchmark (torch's fixed thread count vs the loop's default, which
+   fits the threads to the load);
+6. the five-model experiment=seed sweep itself (on CUDA by default): the real `train.py -m` with the joblib
    launcher, all models side by side, for a
    few epochs or all 202 (`--sweep-epochs 202`); its measured wall time plus the remaining epochs at the
    slowest job's steady epoch time projects the full 202-epoch sweep.
@@ -32,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from deblur_exp.atomic import WriteFailed
 from deblur_exp.cli import default_data_dir, run_cli
@@ -43,7 +46,15 @@ from deblur_exp.data.patches import PatchSet, load_patches
 from deblur_exp.data.sources import DataConfig
 from deblur_exp.errors import DeblurError
 from deblur_exp.models import build_model, list_models
-from deblur_exp.runtime import PRECISIONS, TimeBudget, autocast_for, resolve_device
+from deblur_exp.runtime import (
+    PRECISIONS,
+    TimeBudget,
+    autocast_for,
+    cpu_cores,
+    fit_threads_to_load,
+    resolve_device,
+    resolve_precision,
+)
 from deblur_exp.sweeps.summary import collect, epoch_times, projected_wall, projection_checks, steady_epoch
 from deblur_exp.tables import markdown_table, write_json
 from deblur_exp.training.loop import train_epoch
@@ -201,6 +212,48 @@ def bench_training(models, device, steps, batch_size, precision) -> dict:
         print(f"  {name:18s} loop {loop:9.1f}/s  cuda_graph {graphed:9.1f}/s  ceiling {row[f'ceiling_{chosen}']:9.1f}/s ({chosen})  "
               f"nchw {row['ceiling_nchw']:9.1f}/s  channels_last {row['ceiling_channels_last']:9.1f}/s", flush=True)
     return results
+
+
+def default_model() -> str:
+    """The model a plain `train.py` trains (conf/train.yaml's defaults list)."""
+    defaults = OmegaConf.load(REPO_ROOT / "conf" / "train.yaml").defaults
+    return next(entry["model"] for entry in defaults if isinstance(entry, DictConfig) and "model" in entry)
+
+
+def bench_contention(name: str, steps: int) -> dict:
+    """Training samples/s on this CPU, quiet, then beside one busy process per core (started and stopped here):
+    with torch's thread count fixed at all cores, and with the training loop's default (trainer.num_threads=null),
+    which fits the threads to the load before every epoch."""
+    cpu, cores = torch.device("cpu"), cpu_cores()
+    trainer = OmegaConf.load(REPO_ROOT / "conf" / "trainer" / "default.yaml")
+    precision = resolve_precision(trainer.precision, cpu)
+
+    def measure(threads: int | None = None) -> float:
+        """samples/s with ``threads`` torch threads, or (None) with the count the training loop would pick now."""
+        if threads:
+            torch.set_num_threads(threads)
+        else:
+            torch.set_num_threads(cores)  # where a run starts, before it looks at the load
+            fit_threads_to_load()
+        return loop_samples_per_s(name, cpu, steps, trainer.batch_size, True, precision)
+
+    result = {"model": name, "batch_size": trainer.batch_size, "precision": precision, "cores": cores,
+              "busy_processes": cores, "quiet_samples_per_s": measure()}
+    result["quiet_threads"] = torch.get_num_threads()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(1.0)
+        result["busy_fixed_threads_samples_per_s"] = measure(cores)
+        result["busy_default_samples_per_s"] = measure()
+        result["busy_default_threads"] = torch.get_num_threads()
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+        torch.set_num_threads(cores)
+    result["busy_default_vs_quiet"] = result["busy_default_samples_per_s"] / result["quiet_samples_per_s"]
+    result["busy_fixed_vs_quiet"] = result["busy_fixed_threads_samples_per_s"] / result["quiet_samples_per_s"]
+    return result
 
 
 # --------------------------------------------------------------------------------------------- 3. patches
@@ -401,7 +454,10 @@ def main() -> int:
     p.add_argument("--data-patches", type=int, default=1500, help="patches in the data-path comparison")
     p.add_argument("--large-model", default="srcnn", help="model for the 4000x3000 tiled restoration")
     p.add_argument("--skip", nargs="*", default=[],
-                   choices=["data", "training", "patches", "inference", "scoring", "large", "sweep"])
+                   choices=["data", "training", "patches", "inference", "scoring", "large", "contention", "sweep"])
+    p.add_argument("--contention-model", default=None, help="model of the busy-CPU section (default: the default model)")
+    p.add_argument("--contention-steps", type=int, default=150,
+                   help="timed training steps per busy-CPU measurement, at the trainer's default batch size")
     p.add_argument("--sweep-epochs", type=int, default=None,
                    help="epochs of the parallel experiment=seed sweep (default: 4 on CUDA, 0 = skipped on CPU, "
                         "where one seed epoch takes minutes)")
@@ -459,6 +515,13 @@ def main() -> int:
     if "large" not in args.skip:
         print(f"4000x3000 tiled: {save('large_image', bench_inference(args.large_model, device, 'large'))}",
               flush=True)
+    if "contention" not in args.skip and device.type == "cpu":
+        model = args.contention_model or default_model()
+        c = save("contention", bench_contention(model, args.contention_steps))
+        print(f"busy CPU ({c['model']}, {c['busy_processes']} busy processes): default "
+              f"{c['busy_default_samples_per_s']:.1f} samples/s ({c['busy_default_threads']} threads) = "
+              f"{c['busy_default_vs_quiet']:.0%} of quiet {c['quiet_samples_per_s']:.1f}; all-cores threads "
+              f"{c['busy_fixed_threads_samples_per_s']:.1f} = {c['busy_fixed_vs_quiet']:.0%}", flush=True)
     sweep_epochs = args.sweep_epochs if args.sweep_epochs is not None else (4 if device.type == "cuda" else 0)
     if "sweep" not in args.skip and sweep_epochs > 0:
         overrides = args.sweep_overrides if args.sweep_overrides is not None else SWEEP_KNOBS[device.type]
@@ -507,6 +570,10 @@ def summary_rows(report: dict) -> list[list[str]]:
                 "GPU >= 20 images/s; CPU no slower")
     rows += row("large_image", "4000x3000, tiled",
                 lambda d: f"{d['seconds']:.1f} s, peak RSS {d['peak_rss_mib']:,.0f} MiB", "< 2 GiB")
+    rows += row("contention", "training beside one busy process per core (samples/s)",
+                lambda d: f"{d['model']}: default {d['busy_default_samples_per_s']:.1f} ({d['busy_default_threads']} "
+                f"threads) = {d['busy_default_vs_quiet']:.0%} of quiet {d['quiet_samples_per_s']:.1f}; threads fixed at "
+                f"{d['cores']}: {d['busy_fixed_vs_quiet']:.0%}", "goal >= 50% of quiet")
     rows += row("seed_sweep", "experiment=seed sweep, the models in parallel", sweep_verdict, SWEEP_GOAL)
     return rows
 

@@ -11,7 +11,7 @@ from tests.conftest import run_script
 def test_benchmark_writes_the_documented_report(tmp_path):
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--models", "srcnn", "edsr", "--steps", "1", "--data-patches", "60",
-                        "--device", "cpu", "--skip", "patches", "large", "--json", str(report_path),
+                        "--device", "cpu", "--skip", "patches", "large", "contention", "--json", str(report_path),
                         env={"DEBLUR_DATA_DIR": str(tmp_path / "none")})
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
@@ -40,8 +40,8 @@ SWEEP_TINY = ["data=sample", "data.images=[chelsea,coffee]", "data.val_images=[c
 def run_sweep_section(tmp_path, *overrides, launcher="joblib", epochs=2):
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--models", "srcnn", "edsr", "--device", "cpu", "--skip", "data", "training",
-                        "patches", "inference", "large", "--sweep-epochs", str(epochs), "--sweep-launcher", launcher,
-                        "--sweep-overrides", *SWEEP_TINY,
+                        "patches", "inference", "large", "contention", "--sweep-epochs", str(epochs),
+                        "--sweep-launcher", launcher, "--sweep-overrides", *SWEEP_TINY,
                         *overrides, "--json", str(report_path), env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "out")})
     assert result.returncode == 0, result.stderr
     return json.loads(report_path.read_text())["seed_sweep"], result.stdout
@@ -115,7 +115,7 @@ def test_each_section_is_saved_as_soon_as_it_is_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, "bench_patches", broken)
     report_path = tmp_path / "bench.json"
     monkeypatch.setattr(sys, "argv", ["benchmark.py", "--models", "srcnn", "--steps", "1", "--data-patches", "30",
-                                      "--device", "cpu", "--json", str(report_path)])
+                                      "--device", "cpu", "--skip", "contention", "--json", str(report_path)])
     with pytest.raises(RuntimeError, match="caught fire"):
         benchmark.main()
     report = json.loads(report_path.read_text())
@@ -130,7 +130,7 @@ def test_scoring_section_times_torch_and_scikit_image_ssim(tmp_path):
     write_sharp_images(tmp_path / "data" / "Set14", names=("a", "b"), size=(48, 64))
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--models", "srcnn", "--device", "cpu", "--skip", "data", "training",
-                        "patches", "inference", "large", "sweep", "--json", str(report_path),
+                        "patches", "inference", "large", "contention", "sweep", "--json", str(report_path),
                         env={"DEBLUR_DATA_DIR": str(tmp_path / "data")})
     assert result.returncode == 0, result.stderr
     scoring = json.loads(report_path.read_text())["scoring"]
@@ -138,3 +138,25 @@ def test_scoring_section_times_torch_and_scikit_image_ssim(tmp_path):
     assert scoring["scoring_only_images_per_s"] > 0 and scoring["skimage_scoring_only_images_per_s"] > 0
     assert "| Set14 evaluation (degrade + restore + PSNR/SSIM) |" in result.stdout
     assert "; PSNR/SSIM alone " in result.stdout
+
+
+@pytest.mark.slow
+def test_busy_cpu_section_measures_quiet_and_busy_and_stops_its_busy_processes(tmp_path):
+    from pathlib import Path
+
+    def spinners():
+        return [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "cmdline").is_file()
+                and b"while True: pass" in (p / "cmdline").read_bytes()]
+
+    report_path = tmp_path / "bench.json"
+    result = run_script("benchmark.py", "--device", "cpu", "--skip", "data", "training", "patches", "inference",
+                        "scoring", "large", "--contention-model", "srcnn", "--contention-steps", "2",
+                        "--json", str(report_path))
+    assert result.returncode == 0, result.stderr
+    busy = json.loads(report_path.read_text())["contention"]
+    assert busy["model"] == "srcnn" and busy["busy_processes"] == busy["cores"] >= 1
+    for key in ("quiet_samples_per_s", "busy_fixed_threads_samples_per_s", "busy_default_samples_per_s"):
+        assert busy[key] > 0
+    assert 1 <= busy["busy_default_threads"] <= busy["cores"]
+    assert busy["batch_size"] == 4  # the trainer's default batch (conf/trainer/default.yaml)
+    assert not spinners()

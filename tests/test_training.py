@@ -524,3 +524,34 @@ def test_init_weights_that_do_not_fit_are_refused_naming_the_file(make_cfg, tmp_
     train(make_cfg([*TINY, "model=srcnn", "trainer.epochs=2", f"resume={source}",
                     f"init_weights={tmp_path / 'nowhere'}"], source))
     assert load_checkpoint(source / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+@pytest.mark.parametrize("others, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (2.0, 1), (11.0, 1)])
+def test_cpu_threads_leave_the_cores_other_processes_hold(others, threads):
+    from deblur_exp.runtime import threads_for_load
+
+    assert threads_for_load(2, others) == threads
+    assert threads_for_load(16, others) == max(1, round(16 - others))
+
+
+def test_a_run_on_a_busy_cpu_trains_with_fewer_threads_and_says_so(make_cfg, tmp_path, monkeypatch, caplog):
+    """trainer.num_threads=null: the run starts from all its cores and drops to the free ones while other processes
+    are runnable, checked before every epoch."""
+    import deblur_exp.runtime as runtime
+
+    busy = iter([0.0, 3.0, 0.0])  # start-up: quiet; before epoch 1: busy; before epoch 2: quiet again
+    monkeypatch.setattr(runtime, "runnable_elsewhere", lambda: next(busy))
+    monkeypatch.setattr(runtime, "cpu_cores", lambda: 2)
+    import deblur_exp.training.loop as loop
+    monkeypatch.setattr(loop, "cpu_cores", lambda: 2)
+    seen = []
+    step = loop.run_epoch
+    monkeypatch.setattr(loop, "run_epoch", lambda *a: seen.append(torch.get_num_threads()) or step(*a))
+    threads = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="deblur_exp"):
+            train(make_cfg([o for o in TINY if not o.startswith("trainer.num_threads")], tmp_path / "run"))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 2]
+    assert len([r for r in caplog.records if r.funcName == "report_threads"]) == 2  # one line per change

@@ -42,6 +42,8 @@ from deblur_exp.runtime import (
     TimeBudget,
     TrainingInterrupted,
     autocast_for,
+    cpu_cores,
+    fit_threads_to_load,
     init_distributed,
     resolve_device,
     resolve_precision,
@@ -170,12 +172,27 @@ def set_up_runtime(trainer: DictConfig, device: torch.device, dist: Distributed)
         log.setLevel(logging.WARNING)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
+    elif adapts_threads(trainer, device, dist):
+        torch.set_num_threads(cpu_cores())  # from all cores, fewer while other processes keep some busy
+        report_threads()
     seed_everything(trainer.seed, trainer.deterministic)
     # null -> channels_last: faster for all five models on the 2-core CPU (up to 1.2x), and on an H200 the best
     # format for three of five, within 4% for the others (results/*.json). true/false force a format.
     channels_last = trainer.channels_last if trainer.channels_last is not None else True
     scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "fp16")
     return Compute(autocast_for(trainer.precision, device), scaler, channels_last, dist)
+
+
+def adapts_threads(trainer: DictConfig, device: torch.device, dist: Distributed) -> bool:
+    """trainer.num_threads=null on a CPU follows the machine's load, epoch by epoch; not where a run must be
+    bitwise repeatable (the thread count changes the order of float sums) or shares the cores with other ranks."""
+    return not trainer.num_threads and device.type == "cpu" and not trainer.deterministic and dist.world == 1
+
+
+def report_threads() -> None:
+    change = fit_threads_to_load()
+    if change:
+        log.info(change)
 
 
 def build_parts(cfg: DictConfig, device: torch.device, compute: Compute) -> dict:
@@ -253,6 +270,8 @@ def run_epochs(state: RunState) -> str:
                 log.info("trainer.max_time=%s reached after %.1f s and %d epochs: training stops here",
                          trainer.max_time, state.budget.spent(), epoch - 1)
                 return "max_time"
+            if adapts_threads(trainer, state.device, dist):
+                report_threads()
             row = run_epoch(state, step, epoch, baseline)
             baseline = row["val_psnr_degraded"]
             record_epoch(state, row)
