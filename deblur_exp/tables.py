@@ -53,7 +53,11 @@ def table_cell(field: str, value) -> str:
     metric = next((m for name, m in IMAGE_METRICS.items() if field.endswith(f"_{name}")), None)
     if metric is not None:
         return f"{value:.{metric.digits}f}"
-    return f"{value:,.0f}" if field == "samples_per_s" else f"{value:.1f}"
+    if field == "epochs":  # a last epoch cut by trainer.max_time counts as the share it ran
+        return f"{value:g}"
+    if field == "samples_per_s":
+        return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+    return f"{value:.1f}"
 
 
 def _fmt(value):

@@ -1,6 +1,6 @@
 """Turn finished runs into the results report: a table, learning curves and a zoomed model comparison.
 
-    python scripts/report.py SWEEP_OR_RUN [SWEEP_OR_RUN ...] --out DIR [--sets Set5 Set14] [--compare butterfly]
+    python scripts/report.py SWEEP_OR_RUN [SWEEP_OR_RUN ...] [--out DIR] [--sets Set5 Set14] [--compare butterfly]
 
 Each run's checkpoint (its eval.checkpoint: best.pt unless the run chose last) is scored on whole images of the test sets in RGB and in Y with a 3-pixel crop
 (the super-resolution protocol), beside the degraded input and the seed notebook's reported figures. Writes
@@ -15,16 +15,31 @@ import shlex
 import sys
 from pathlib import Path
 
-from deblur_exp.cli import default_data_dir, make_output_dir, read_image_sets, run_cli, warn_if_not_shown
+from deblur_exp.cli import (
+    default_data_dir,
+    default_output_dir,
+    make_output_dir,
+    read_image_sets,
+    run_cli,
+    warn_if_not_shown,
+)
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation.report import ReportRequest, find_runs, load_run, score_runs, write_figures, write_report
+from deblur_exp.evaluation.report import (
+    ReportRequest,
+    find_runs,
+    load_run,
+    score_runs,
+    write_figures,
+    write_report,
+)
 from deblur_exp.runtime import resolve_device
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders or sweep folders (every finished job in them)")
-    p.add_argument("--out", type=Path, required=True, help="folder for results.md, curves.png, compare_*.png")
+    p.add_argument("--out", type=Path, help="folder for results.md, curves.png, compare_*.png "
+                                            "(default: outputs/reports/<date>_<time>)")
     p.add_argument("--sets", nargs="+", default=["Set5", "Set14"], help="folders under --data-dir (default: Set5 Set14)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
     p.add_argument("--compare", default="butterfly", help="image shown side by side for every model (default butterfly)")
@@ -41,15 +56,16 @@ def main() -> int:
     device = resolve_device(args.device)
     sets, problems = read_image_sets(args.sets, args.data_dir)
     runs.sort(key=lambda r: r.recipe)
-    make_output_dir(args.out)
+    out = args.out or default_output_dir("reports")
+    make_output_dir(out)
     warn_if_not_shown(args.compare, sets)
     baseline = score_runs(runs, sets, device, args.y_crop, args.compare)
     command = "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    print(write_report(args.out, runs, baseline, ReportRequest(list(sets), args.y_crop, args.compare, command)))
-    write_figures(args.out, runs, baseline, args.compare)
+    print(write_report(out, runs, baseline, ReportRequest(list(sets), args.y_crop, args.compare, command)))
+    write_figures(out, runs, baseline, args.compare)
     for problem in problems:
         print(f"warning: {problem}")
-    print(f"report in {args.out}: results.md, results.csv, curves.png, compare_{args.compare}.png")
+    print(f"report in {out}: results.md, results.csv, curves.png, compare_{args.compare}.png")
     return 1 if problems else 0
 
 

@@ -24,8 +24,12 @@ def main(cfg: DictConfig) -> float:
     return run_job(cfg)
 
 
-if __name__ == "__main__":
-    sys.argv = distributed_argv(resume_argv(run_dir_argv(sys.argv)))
+def start() -> None:
+    sys.argv = distributed_argv(resume_argv(run_dir_argv(sys.argv)))  # resume=, paths.run_dir=: checked here
     FAILED_JOBS.clear()  # filled by this command's sweep only
-    run_hydra_cli(main)
+    main()
+
+
+if __name__ == "__main__":
+    run_hydra_cli(start)
     sys.exit(1 if FAILED_JOBS else 0)

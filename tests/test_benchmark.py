@@ -155,8 +155,11 @@ def test_busy_cpu_section_measures_quiet_and_busy_and_stops_its_busy_processes(t
     assert result.returncode == 0, result.stderr
     busy = json.loads(report_path.read_text())["contention"]
     assert busy["model"] == "srcnn" and busy["busy_processes"] == busy["cores"] >= 1
-    for key in ("quiet_samples_per_s", "busy_fixed_threads_samples_per_s", "busy_default_samples_per_s"):
-        assert busy[key] > 0
-    assert 1 <= busy["busy_default_threads"] <= busy["cores"]
+    for prefix in ("busy", "busy_same_session"):
+        assert busy[f"{prefix}_fixed_threads_samples_per_s"] > 0 and busy[f"{prefix}_default_samples_per_s"] > 0
+        assert 1 <= busy[f"{prefix}_default_threads"] <= busy["cores"]
+        assert busy[f"{prefix}_default_vs_quiet"] == busy[f"{prefix}_default_samples_per_s"] / busy[
+            "quiet_samples_per_s"]
+    assert busy["quiet_samples_per_s"] > 0
     assert busy["batch_size"] == 4  # the trainer's default batch (conf/trainer/default.yaml)
     assert not spinners()

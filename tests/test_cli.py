@@ -64,6 +64,13 @@ def test_a_run_folder_given_by_paths_run_dir_holds_its_whole_record_and_resumes(
     assert again.returncode == 0, again.stderr
     with open(run / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    # mistakes in the folder, as in evaluate.py and deblur.py: one line naming it, exit status 2, nothing written
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for mistake in ([f"resume={run}_typo"], [*TINY, f"paths.run_dir={run}"]):
+        result = run_script("train.py", *mistake, env=env)
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+        assert str(run) in result.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.slow
@@ -156,7 +163,7 @@ def test_a_run_ends_with_a_summary_of_gains_and_where_to_look(tmp_path):
     assert result.returncode == 0, result.stderr
     (run,) = (tmp_path / "runs").glob("*/*")
     tail = result.stdout[result.stdout.index("run summary:"):]
-    assert "dB over the degraded input" in tail and "held_out: PSNR" in tail
+    assert "dB above the degraded input" in tail and "held_out: PSNR" in tail
     assert f"run folder: {run}" in tail and f"tensorboard --logdir {run / 'tensorboard'}" in tail
 
 

@@ -81,10 +81,10 @@ def test_a_luma_only_run_is_reported_in_y_alone(tmp_path):
                         "eval.held_out=false", "eval.figures=false", f"paths.run_dir={run}",
                         env={"DEBLUR_DATA_DIR": str(set5.parent)})
     assert result.returncode == 0, result.stderr
-    out = tmp_path / "report"
-    result = run_script("report.py", str(run), "--out", str(out), "--sets", "Set5", "--data-dir", str(set5.parent),
-                        "--device", "cpu")
+    result = run_script("report.py", str(run), "--sets", "Set5", "--data-dir", str(set5.parent), "--device", "cpu",
+                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "outputs")})  # no --out: under the output root
     assert result.returncode == 0, result.stderr
+    (out,) = (tmp_path / "outputs" / "reports").iterdir()
     with open(out / "results.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     own = json.loads((run / "summary.json").read_text())["eval"]["Set5"]

@@ -470,12 +470,14 @@ def test_a_cancelled_slurm_sweep_rerun_with_resume_auto_continues_the_cut_job_an
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finished, cut = sweep / "0_trainer.epochs=2", sweep / "1_trainer.epochs=40"
     deadline = time.monotonic() + 180
-    while not ((finished / "summary.json").is_file() and (cut / "train.log").is_file()
-               and "epoch 3/40" in (cut / "train.log").read_text()):
-        assert time.monotonic() < deadline and submitter.poll() is None, submitter.communicate()
-        time.sleep(0.1)
-    submitter.kill()
-    submitter.communicate()
+    try:
+        while not ((finished / "summary.json").is_file() and (cut / "train.log").is_file()
+                   and "epoch 3/40" in (cut / "train.log").read_text()):
+            assert time.monotonic() < deadline and submitter.poll() is None, submitter.communicate()
+            time.sleep(0.1)
+    finally:
+        submitter.kill()  # the lost login session (and never a submitter left behind by a failed test)
+        submitter.communicate()
     job_id = json.loads((cut / "slurm.json").read_text())["job_id"]
     subprocess.run(["scancel", job_id], check=True)
     while subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip():

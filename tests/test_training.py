@@ -375,6 +375,14 @@ def test_max_time_stops_after_the_step_in_flight_then_saves_and_evaluates(make_c
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stopped_by"] == "max_time" and summary["max_time_s"] == pytest.approx(0.001)
     assert summary["eval"]["held_out"]["images"] == 1  # the held-out image is still scored after the stop
+    assert summary["epochs"] == 1 and summary["epochs_done"] == 0.5  # one step of two
+
+
+def test_the_closing_lines_say_above_or_below_the_input():
+    from deblur_exp.training.tracking import versus_input
+
+    assert versus_input(-14.861) == "14.86 dB below the degraded input"
+    assert versus_input(2.5) == "2.50 dB above the degraded input"
 
 
 def test_a_budget_that_is_not_reached_changes_nothing(make_cfg, tmp_path):
@@ -555,3 +563,32 @@ def test_a_run_on_a_busy_cpu_trains_with_fewer_threads_and_says_so(make_cfg, tmp
         torch.set_num_threads(threads)
     assert seen == [1, 2]
     assert len([r for r in caplog.records if r.funcName == "report_threads"]) == 2  # one line per change
+
+
+def test_a_run_resumed_before_its_first_validation_has_no_best_score_yet(make_cfg, tmp_path, monkeypatch, caplog):
+    import os
+    import signal
+
+    import deblur_exp.training.loop as loop
+
+    make_step = loop.training_step
+
+    def interrupted_at_first_step(state):
+        step, calls = make_step(state), []
+
+        def once(degraded, sharp):
+            if not calls:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during step 1 of epoch 1
+            calls.append(1)
+            return step(degraded, sharp)
+        return once
+
+    monkeypatch.setattr(loop, "training_step", interrupted_at_first_step)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(make_cfg(TINY, run_dir))
+    monkeypatch.setattr(loop, "training_step", make_step)
+    with caplog.at_level(logging.INFO, logger="deblur_exp"):
+        train(make_cfg([*TINY, f"resume={run_dir}"], run_dir))
+    (resumed,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
+    assert "step 1 of epoch 1" in resumed and "inf" not in resumed

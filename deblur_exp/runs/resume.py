@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,8 @@ def resume_argv(argv: list[str]) -> list[str]:
     run = Path(resumes[-1].split("=", 1)[1].strip("'\"")).expanduser().resolve()
     saved_file = RunDir(run).overrides
     if not RunDir(run).has_resume_checkpoint() or not saved_file.is_file():
-        sys.exit(f"error: resume: {run} is not a run folder with checkpoints/last.pt and .hydra/overrides.yaml")
+        raise DeblurError(f"resume: {run} is not a run folder with checkpoints/last.pt and .hydra/overrides.yaml; "
+                          f"give the folder a run was trained in")
     saved = yaml.safe_load(saved_file.read_text()) or []
     given = {_override_key(a) for a in args if not a.startswith("-")}
     kept = [o for o in saved if _override_key(o) not in given and _override_key(o) != "resume"
@@ -68,9 +68,8 @@ def run_dir_argv(argv: list[str]) -> list[str]:
     if folders and "resume=auto" not in args and RunDir(Path(folders[-1]).expanduser()).holds_run():
         # before Hydra writes its record into the folder: a fresh run must not overwrite a run's
         folder = Path(folders[-1]).expanduser().resolve()
-        print(f"error: {folder} already holds a run; continue it with: python scripts/train.py resume={folder}, "
-              f"or choose another folder", file=sys.stderr)
-        sys.exit(2)
+        raise DeblurError(f"{folder} already holds a run; continue it with: python scripts/train.py "
+                          f"resume={folder}, or choose another folder")
     if not given or any(_override_key(a) == "hydra.run.dir" for a in args):
         return argv
     return [*argv, "hydra.run.dir=" + given[-1].split("=", 1)[1]]

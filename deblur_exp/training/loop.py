@@ -230,9 +230,10 @@ def resume_progress(state: RunState) -> Progress:
     restore_rng(saved["rng"], state.shuffle)
     progress = Progress(saved["epoch"], saved["best_psnr"], saved["best_epoch"], saved.get("partial_epoch"),
                         saved.get("train_time_s", 0.0))
-    log.info("resumed from %s after epoch %d%s (best val PSNR %.3f dB at epoch %d)", saved["path"], progress.epoch,
-             f", step {progress.partial['step']} of epoch {progress.epoch + 1}" if progress.partial else "",
-             progress.best_psnr, progress.best_epoch)
+    best = (f"best val PSNR {progress.best_psnr:.3f} dB at epoch {progress.best_epoch}" if progress.best_epoch
+            else "no epoch validated yet")
+    log.info("resumed from %s after epoch %d%s (%s)", saved["path"], progress.epoch,
+             f", step {progress.partial['step']} of epoch {progress.epoch + 1}" if progress.partial else "", best)
     return progress
 
 
@@ -389,6 +390,7 @@ def train_epoch(state: RunState, step: Step, epoch: int) -> EpochResult:
             return EpochResult(None, seen, {"step": index, "loss_sum": loss_sum.item(), "seen": seen,
                                             "shuffle_state": shuffle_state})
         if index < total and out_of_time(state, index):
+            state.progress.cut_at = index / total
             log.info("trainer.max_time reached at step %d of %d in epoch %d: validating and saving this epoch",
                      index, total, epoch)
             break

@@ -24,6 +24,7 @@ class Progress:
     best_epoch: int = 0
     partial: dict | None = None  # a mid-epoch interruption's place in its epoch
     spent: float = 0.0  # seconds of trainer.max_time used before this process
+    cut_at: float | None = None  # the share of its steps the last epoch ran when trainer.max_time cut it
 
 
 @dataclass

@@ -92,7 +92,11 @@ def write_run_summary(state: RunState, eval_summary: dict, stopped_by: str = "ep
     summary = {
         "model": cfg.model.name, "parameters": count_parameters(state.model), "best_val_psnr": state.progress.best_psnr,
         "best_epoch": state.progress.best_epoch,
-        "epochs": len(rows), "train_time_s": round(sum(float(r["epoch_time_s"]) for r in rows), 2),
+        "epochs": len(rows),
+        # the epochs' worth of steps: a last epoch cut by trainer.max_time counts as the share it ran
+        "epochs_done": round(len(rows) - 1 + state.progress.cut_at, 3) if state.progress.cut_at and rows
+        else len(rows),
+        "train_time_s": round(sum(float(r["epoch_time_s"]) for r in rows), 2),
         "samples_per_s": round(float(np.mean([float(r["samples_per_s"]) for r in rows])), 1) if rows else 0.0,
         "val_psnr_degraded": float(rows[-1]["val_psnr_degraded"]) if rows else None,
         # "epochs": all trainer.epochs ran; "max_time": the wall-clock budget ended training
@@ -162,19 +166,26 @@ def log_hparams(state: RunState, summary: dict) -> None:
             writer.add_scalar(tag, value)
 
 
+def versus_input(gain: float) -> str:
+    """A PSNR difference to the degraded input in words: above or below it."""
+    return f"{abs(gain):.2f} dB {'above' if gain >= 0 else 'below'} the degraded input"
+
+
 def log_run_end(run: RunDir, summary: dict, figures: bool) -> None:
     """The last lines of a run: what it reached against the degraded input, and where to look."""
     lines = ["run summary:"]
     degraded = summary["val_psnr_degraded"]
     if degraded is not None:
         lines.append(f"  validation: best PSNR {summary['best_val_psnr']:.2f} dB at epoch {summary['best_epoch']}, "
-                     f"{summary['best_val_psnr'] - degraded:+.2f} dB over the degraded input ({degraded:.2f} dB)")
+                     f"{versus_input(summary['best_val_psnr'] - degraded)} ({degraded:.2f} dB)")
     for set_name, scores in summary["eval"].items():
         gain = scores["psnr_restored"] - scores["psnr_degraded"]
-        lines.append(f"  {set_name}: PSNR {scores['psnr_restored']:.2f} dB, {gain:+.2f} dB over the degraded "
-                     f"input ({scores['psnr_degraded']:.2f} dB) on {scores['images']} image(s)")
+        lines.append(f"  {set_name}: PSNR {scores['psnr_restored']:.2f} dB, {versus_input(gain)} "
+                     f"({scores['psnr_degraded']:.2f} dB) on {scores['images']} image(s)")
     if summary["stopped_by"] == "max_time":
-        lines.append(f"  stopped by trainer.max_time after {summary['epochs']} epochs")
+        lines.append(f"  stopped by trainer.max_time ({summary['max_time_s']:.0f} s of training and validation) after "
+                     f"{summary['epochs_done']:g} epochs; {summary['train_time_s']:.0f} s in all, as the epoch it cut "
+                     f"is still validated")
     shown = [run.curves, *([run.eval_figures] if figures and summary["eval"] else []), run.metrics,
              *([run.during_training] if run.during_training.is_file() else []), run.checkpoint()]
     names = [f"{p.relative_to(run.path).as_posix()}{'/' if p.suffix == '' else ''}" for p in shown]
