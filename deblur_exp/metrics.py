@@ -1,7 +1,8 @@
 """Image-quality metrics, following the super-resolution literature's protocol (as BasicSR does).
 
-Images are HxWxC arrays (RGB, or one luma channel), uint8 (scaled by 1/255) or float in [0, 1]; everything is
-computed in float64 with data range 1.0 after clamping to [0, 1]. Options: ``y_channel`` (ITU-R BT.601 luma)
+Images are HxWxC arrays (RGB, or one luma channel), uint8 (scaled by 1/255) or float in [0, 1] units, taken as
+they are (a noisy test input is unclipped, as the denoising literature scores it); everything is computed in
+float64 with data range 1.0. Options: ``y_channel`` (ITU-R BT.601 luma)
 and ``crop_border`` (pixels shaved from every side). SSIM follows scikit-image's ``structural_similarity`` with
 the Wang et al. (2004) settings (Gaussian window, sigma 1.5, 11x11 taps, population covariances) and equals it
 to 1e-4 (tests check); it is computed with torch on ``device``, so scoring runs where the model runs.
@@ -31,9 +32,11 @@ def batch_psnr(restored: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
 
 
 def to_float64(image: np.ndarray) -> np.ndarray:
+    """uint8 to [0, 1]; a float image as it is: a noisy test input stays unclipped, as the denoising protocol
+    scores it (a model's output is clamped where it is made)."""
     if image.dtype == np.uint8:
         return image.astype(np.float64) / 255.0
-    return np.clip(image.astype(np.float64), 0.0, 1.0)
+    return image.astype(np.float64)
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:

@@ -4,15 +4,17 @@
 
 1. data path: the in-memory batch source vs a per-file pipeline built the way the seed notebook did it
    (each patch a PNG; per item cv2.imread + ToPILImage + Resize + ToTensor; DataLoader, batch 30, shuffle);
-2. training samples/s per model: the project's training loop (data, step, bookkeeping) vs an isolated
+2. degradation steps drawn on the fly (each step kind alone, and the random mix) beside the cached fixed
+   degradation: training batches served per second;
+3. training samples/s per model: the project's training loop (data, step, bookkeeping) vs an isolated
    forward+backward+optimizer step on random tensors (the ceiling), in NCHW and channels_last;
-3. T91 patch preparation, cold (no cache) and warm (cache hit), when T91 is under the data directory;
-4. whole-image inference on Set14 (images/s, peak memory), Set14 evaluation with torch vs scikit-image SSIM
+4. T91 patch preparation, cold (no cache) and warm (cache hit), when T91 is under the data directory;
+5. whole-image inference on Set14 (images/s, peak memory), Set14 evaluation with torch vs scikit-image SSIM
    (images/s), and one 4000x3000 image, tiled (time, peak RSS);
-5. a busy CPU: the default model's training samples/s at the trainer's default batch and precision, quiet and with
+6. a busy CPU: the default model's training samples/s at the trainer's default batch and precision, quiet and with
    one busy process per core started by the benchmark (torch's fixed thread count vs the loop's default, which
    fits the threads to the load);
-6. the five-model experiment=seed sweep itself (on CUDA by default): the real `train.py -m` with the joblib
+7. the five-model experiment=seed sweep itself (on CUDA by default): the real `train.py -m` with the joblib
    launcher, all models side by side, for a
    few epochs or all 202 (`--sweep-epochs 202`); its measured wall time plus the remaining epochs at the
    slowest job's steady epoch time projects the full 202-epoch sweep.
@@ -21,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -157,7 +160,7 @@ def loop_samples_per_s(name, device, steps, batch_size, channels_last, precision
 
     def run(limit):
         cfg = OmegaConf.create({"trainer": {"batch_size": batch_size, "epochs": 1, "limit_train_batches": limit,
-                                            "progress": False}, "data": {"augment": False}})
+                                            "seed": 0, "progress": False}, "data": {"augment": False}})
         state = RunState(cfg, None, device, compute, PatchData(tensors, tensors, tensors, []), model, model,
                          optimizer, None, F.mse_loss, generator, budget=TimeBudget(None))
         return train_epoch(state, step, 1)
@@ -270,6 +273,45 @@ def autogroup_enabled() -> bool | None:
         return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
     except OSError:
         return None
+
+
+# ---------------------------------------------------------------------------------------- degradation steps
+# One typical setting per step kind (the ranges of conf/degradation/random_mix.yaml), and that whole mix.
+STEP_SAMPLES = {
+    "gaussian_blur": [{"kind": "gaussian_blur", "size": 21, "sigma": [0.2, 3.0], "sigma_y": [0.2, 3.0],
+                       "angle": [0, 180]}],
+    "motion_blur": [{"kind": "motion_blur", "size": 21, "length": [3, 15]}],
+    "defocus": [{"kind": "defocus", "size": 21, "radius": [1, 5]}],
+    "resize": [{"kind": "resize", "factor": [1.0, 4.0], "down": ["bilinear", "bicubic", "area"]}],
+    "gaussian_noise": [{"kind": "gaussian_noise", "sigma": [1, 25]}],
+    "poisson_noise": [{"kind": "poisson_noise", "peak": [50, 1000]}],
+    "jpeg": [{"kind": "jpeg", "quality": [30, 95]}],
+}
+
+
+def bench_degradations(device: torch.device, batch_size: int, n: int = 600) -> dict:
+    """Training batches served per second (samples/s) from the cached fixed degradation, and degraded on the fly
+    by each step kind alone and by the random mix, from 35x35 patches with the margin each needs."""
+    from deblur_exp.data.degrade import degradation_option
+    from deblur_exp.data.pipeline import Pipeline
+
+    def rate(tensors: PatchTensors) -> float:
+        for _ in tensors.batches(batch_size, limit=2):  # warm-up
+            pass
+        started = time.perf_counter()
+        for degraded, _ in tensors.batches(batch_size, torch.randperm(n).to(device), draws=(0, 1)):
+            pass
+        sync(device)
+        return n / (time.perf_counter() - started)
+
+    result = {"fixed (cached)": rate(PatchTensors.from_patches(random_patches(n), np.arange(n), device))}
+    mix = Pipeline(degradation_option("random_mix").steps)
+    for name, steps in [*STEP_SAMPLES.items(), ("random_mix", mix.steps)]:
+        pipeline = Pipeline(steps)
+        windows = random_patches(n, 35 + 2 * pipeline.margin)
+        result[name] = rate(PatchTensors.from_patches(dataclasses.replace(windows, degraded=None), np.arange(n),
+                                                      device, pipeline=pipeline))
+    return {"batch_size": batch_size, "patches": n, "samples_per_s": result}
 
 
 # --------------------------------------------------------------------------------------------- 3. patches
@@ -470,7 +512,8 @@ def main() -> int:
     p.add_argument("--data-patches", type=int, default=1500, help="patches in the data-path comparison")
     p.add_argument("--large-model", default="srcnn", help="model for the 4000x3000 tiled restoration")
     p.add_argument("--skip", nargs="*", default=[],
-                   choices=["data", "training", "patches", "inference", "scoring", "large", "contention", "sweep"])
+                   choices=["data", "training", "degradation", "patches", "inference", "scoring", "large", "contention",
+                            "sweep"])
     p.add_argument("--contention-model", default=None, help="model of the busy-CPU section (default: the default model)")
     p.add_argument("--contention-steps", type=int, default=150,
                    help="timed training steps per busy-CPU measurement, at the trainer's default batch size")
@@ -516,6 +559,10 @@ def main() -> int:
             sequential = save("seed_sweep_projection", project_sweep(training))
             print(f"projected experiment=seed sweep ({len(args.models)} models x {SEED_EPOCHS} epochs, one after "
                   f"another, eager): {sequential['total_minutes']:.1f} min", flush=True)
+    if "degradation" not in args.skip:
+        steps = save("degradation", bench_degradations(device, args.batch_size))
+        print("degradation steps on the fly (samples/s): " + ", ".join(
+            f"{k} {v:,.0f}" for k, v in steps["samples_per_s"].items()), flush=True)
     if "patches" not in args.skip:
         print(f"T91 patches: {save('patches', bench_patches(args.data_dir))}", flush=True)
     if "inference" not in args.skip:
@@ -571,6 +618,8 @@ def summary_rows(report: dict) -> list[list[str]]:
                      f"{r['ceiling_samples_per_s']:,.1f} = {r['loop_vs_ceiling']:.0%} ({r['memory_format']})"
                      + (f"; cuda_graph loop {r['loop_cuda_graph_samples_per_s']:,.1f}"
                         if "loop_cuda_graph_samples_per_s" in r else ""), ">= 90%"])
+    rows += row("degradation", "degradation on the fly (samples/s)", lambda d: ", ".join(
+        f"{k} {v:,.0f}" for k, v in d["samples_per_s"].items()), "")
     rows += row("patches", "T91 patches", lambda d: f"cold {d['cold_s']:.2f} s, warm {d['warm_s']:.2f} s",
                 "< 10 s, < 1 s")
     rows += row("inference", "Set14 whole images", lambda d: f"{d['images_per_s']:.2f} images/s, peak RSS "

@@ -116,10 +116,13 @@ def main() -> int:
             image, grey = read_image_info(path, int(args.max_megapixels * 1e6))
             if args.simulate:
                 scores, sharp, degraded, restored = score_image(restorer, image, device, options)
-                write_image(args.out / f"{stem}_degraded.png", degraded)
-                three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores, path.name)
-                rows.append({"image": printable(path.name), **scores})
-                tqdm.write(f"{printable(path.name)}: {describe_scores(scores, arrows=True)}")
+                write_image(args.out / f"{stem}_degraded.png", degraded if degraded.dtype == np.uint8
+                            else to_uint8(degraded))
+                drawn = describe_degradation(restorer.degradation, sharp)  # the values drawn for this image
+                three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores,
+                            f"{path.name}: {drawn}")
+                rows.append({"image": printable(path.name), "degradation": drawn, **scores})
+                tqdm.write(f"{printable(path.name)}: {describe_scores(scores, arrows=True)} ({drawn})")
             else:
                 warning = sharpness_warning(image, restorer, printable(path.name))
                 if warning:
@@ -135,7 +138,8 @@ def main() -> int:
             problems.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
     if rows:
         mean = {"image": "mean", **{k: float(np.mean([r[k] for r in rows])) for k in IMAGE_FIELDS[2:]}}
-        write_csv(args.out / "metrics.csv", [*rows, mean], IMAGE_FIELDS)
+        drawn = ["degradation"] if restorer.degradation.steps else []  # a pipeline's values, drawn per image
+        write_csv(args.out / "metrics.csv", [*rows, mean], [*IMAGE_FIELDS, *drawn])
         if len(rows) > 1:
             print(f"mean of {len(rows)} images: {describe_scores(mean, arrows=True)}")
     for problem in problems:

@@ -25,10 +25,11 @@ from deblur_exp.cli import (
     run_cli,
     warn_if_not_shown,
 )
+from deblur_exp.data.degrade import degradation_option, describe_degradation
 from deblur_exp.data.images import read_folder
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.compare import Comparison, compare_models, scoring_protocol, unique_labels
-from deblur_exp.evaluation.scoring import PROTOCOL, ScoringOptions, load_restorer
+from deblur_exp.evaluation.scoring import PROTOCOL, ScoringOptions, load_restorer, under
 from deblur_exp.runs.locate import find_checkpoints
 from deblur_exp.runtime import resolve_device
 
@@ -42,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="output folder (default: outputs/eval/<date>_<time>)")
     add_eval_options(p, "tile", "tile_overlap", "self_ensemble", *PROTOCOL, from_checkpoints=PROTOCOL)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--degradation", help="score under this conf/degradation option instead of each model's own "
+                                         "(e.g. a model trained on one degradation, tested on another)")
     p.add_argument("--compare", default="butterfly", help="image for the side-by-side model figure")
     p.add_argument("--no-figures", action="store_true", help="skip the per-image figures")
     return p.parse_args()
@@ -64,6 +67,10 @@ def main() -> int:
             problems.append(str(exc))
     if not restorers:
         raise DeblurError("no usable checkpoint: " + "; ".join(problems))
+    if args.degradation:  # every model scored on the same inputs, degraded this way
+        chosen = degradation_option(args.degradation)
+        restorers = [under(r, chosen) for r in restorers]
+        print(f"degradation {chosen.name} for every model: {describe_degradation(chosen)}")
     unique_labels(restorers)
     given = {key: getattr(args, key) for key in PROTOCOL}
     options = ScoringOptions(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)

@@ -23,6 +23,7 @@ from deblur_exp.cli import (
     run_cli,
     warn_if_not_shown,
 )
+from deblur_exp.data.degrade import degradation_option
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.report import (
     ReportRequest,
@@ -32,12 +33,14 @@ from deblur_exp.evaluation.report import (
     write_figures,
     write_report,
 )
+from deblur_exp.evaluation.scoring import under
 from deblur_exp.runtime import resolve_device
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders or sweep folders (every finished job in them)")
+    p.add_argument("--degradation", help="score under this conf/degradation option instead of the runs' own")
     p.add_argument("--out", type=Path, help="folder for results.md, curves.png, compare_*.png "
                                             "(default: outputs/reports/<date>_<time>)")
     p.add_argument("--sets", nargs="+", default=["Set5", "Set14"], help="folders under --data-dir (default: Set5 Set14)")
@@ -53,6 +56,10 @@ def main() -> int:
     if args.y_crop < 0:
         raise DeblurError("--y-crop must be >= 0")
     runs = [load_run(folder) for folder in find_runs(args.runs)]  # first: a typo in them is the likeliest error
+    if args.degradation:  # every run scored on the same inputs, degraded this way
+        chosen = degradation_option(args.degradation)
+        for run in runs:
+            run.restorer = under(run.restorer, chosen)
     device = resolve_device(args.device)
     sets, problems = read_image_sets(args.sets, args.data_dir)
     runs.sort(key=lambda r: r.recipe)

@@ -26,6 +26,9 @@ def test_benchmark_writes_the_documented_report(tmp_path):
         assert row["loop_cuda_graph_samples_per_s"] > 0  # the trainer.cuda_graph step (uncaptured on a CPU)
         assert row["memory_format"] in ("nchw", "channels_last")
     assert report["inference"] == {"skipped": f"no Set14 at {tmp_path / 'none' / 'Set14'}"}
+    served = report["degradation"]["samples_per_s"]  # each step kind on the fly, the mix, and the cached path
+    assert set(served) == {"fixed (cached)", "gaussian_blur", "motion_blur", "defocus", "resize", "gaussian_noise",
+                           "poisson_noise", "jpeg", "random_mix"} and min(served.values()) > 0
     assert "data path:" in result.stdout and "training (samples/s):" in result.stdout
     table = result.stdout[result.stdout.index("| measurement |"):]  # the closing summary table
     assert "| data path (samples/s) |" in table and "| training edsr (samples/s) |" in table
@@ -40,7 +43,7 @@ SWEEP_TINY = ["data=sample", "data.images=[chelsea,coffee]", "data.val_images=[c
 def run_sweep_section(tmp_path, *overrides, launcher="joblib", epochs=2):
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--models", "srcnn", "edsr", "--device", "cpu", "--skip", "data", "training",
-                        "patches", "inference", "large", "contention", "--sweep-epochs", str(epochs),
+                        "patches", "inference", "large", "contention", "degradation", "--sweep-epochs", str(epochs),
                         "--sweep-launcher", launcher, "--sweep-overrides", *SWEEP_TINY,
                         *overrides, "--json", str(report_path), env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "out")})
     assert result.returncode == 0, result.stderr
@@ -115,7 +118,8 @@ def test_each_section_is_saved_as_soon_as_it_is_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, "bench_patches", broken)
     report_path = tmp_path / "bench.json"
     monkeypatch.setattr(sys, "argv", ["benchmark.py", "--models", "srcnn", "--steps", "1", "--data-patches", "30",
-                                      "--device", "cpu", "--skip", "contention", "--json", str(report_path)])
+                                      "--device", "cpu", "--skip", "contention", "degradation", "--json",
+                                      str(report_path)])
     with pytest.raises(RuntimeError, match="caught fire"):
         benchmark.main()
     report = json.loads(report_path.read_text())
@@ -130,7 +134,8 @@ def test_scoring_section_times_torch_and_scikit_image_ssim(tmp_path):
     write_sharp_images(tmp_path / "data" / "Set14", names=("a", "b"), size=(48, 64))
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--models", "srcnn", "--device", "cpu", "--skip", "data", "training",
-                        "patches", "inference", "large", "contention", "sweep", "--json", str(report_path),
+                        "patches", "inference", "large", "contention", "degradation", "sweep", "--json",
+                        str(report_path),
                         env={"DEBLUR_DATA_DIR": str(tmp_path / "data")})
     assert result.returncode == 0, result.stderr
     scoring = json.loads(report_path.read_text())["scoring"]
@@ -150,7 +155,7 @@ def test_busy_cpu_section_measures_quiet_and_busy_and_stops_its_busy_processes(t
 
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--device", "cpu", "--skip", "data", "training", "patches", "inference",
-                        "scoring", "large", "--contention-model", "srcnn", "--contention-steps", "2",
+                        "scoring", "large", "degradation", "--contention-model", "srcnn", "--contention-steps", "2",
                         "--json", str(report_path))
     assert result.returncode == 0, result.stderr
     busy = json.loads(report_path.read_text())["contention"]

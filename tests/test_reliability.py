@@ -481,3 +481,19 @@ def test_resume_auto_that_skips_or_is_refused_leaves_the_record_as_it_was(tmp_pa
                        env={"DEBLUR_OUTPUT_DIR": str(tmp_path)})
     assert other.returncode == 2 and "model=deblurcnn_res, not model=edsr" in other.stderr
     assert record(run) == before and not (run / ".hydra_resume").exists()
+
+
+@pytest.mark.slow
+def test_a_run_with_random_degradations_killed_mid_epoch_resumes_bit_exact(make_cfg, tmp_path):
+    """Degradations drawn per sample on the fly (blur kind, resize, noise, JPEG) come from seeds of (run seed,
+    epoch, step): a run SIGKILLed mid-epoch and resumed draws what the uninterrupted run drew."""
+    overrides = [*STEADY, "degradation=random_mix"]
+    reference = tmp_path / "reference"
+    train(make_cfg(overrides, reference))
+    run_dir = tmp_path / "run"
+    child = subprocess.run([sys.executable, "-c", KILLER, "mid-epoch", str(run_dir), str(tmp_path / "c"),
+                            *overrides], capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    train(make_cfg([*overrides, f"resume={run_dir}"], run_dir))
+    assert same_weights(weights(run_dir), weights(reference))
+    assert metric_rows(run_dir) == metric_rows(reference)

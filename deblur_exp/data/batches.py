@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from deblur_exp.data.degrade import pipeline_of
 from deblur_exp.data.dihedral import DIHEDRAL_VIEWS, dihedral
 from deblur_exp.data.patches import PatchSet, load_patches, split_indices
+from deblur_exp.data.pipeline import Pipeline
 from deblur_exp.runtime import Distributed
 
 log = logging.getLogger("deblur_exp")
@@ -39,8 +41,10 @@ class PatchTensors:
     # model, activations, optimizer state and (in a parallel sweep) the other jobs.
     GPU_SHARE = 0.25
 
-    def __init__(self, sharp: torch.Tensor, degraded: torch.Tensor, device: torch.device | None = None):
-        self.sharp, self.degraded = sharp, degraded
+    def __init__(self, sharp: torch.Tensor, degraded: torch.Tensor | None, device: torch.device | None = None,
+                 pipeline: Pipeline | None = None):
+        # degraded None: ``sharp`` holds each patch with the pipeline's margin, degraded batch by batch
+        self.sharp, self.degraded, self.pipeline = sharp, degraded, pipeline
         self.device = device or sharp.device
         self.resident = sharp.device.type == self.device.type  # False: in host memory, staged chunk by chunk
         self._buffers: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -48,17 +52,23 @@ class PatchTensors:
 
     @classmethod
     def from_patches(cls, patches: PatchSet, indices: np.ndarray, device: torch.device,
-                     on_device: bool | None = None) -> "PatchTensors":
+                     on_device: bool | None = None, pipeline: Pipeline | None = None) -> "PatchTensors":
         """``on_device``: True/False force where the patches live; None puts them on a GPU when they fit."""
-        sharp, degraded = (torch.from_numpy(np.ascontiguousarray(images[indices]))
+        sharp, degraded = (None if images is None else torch.from_numpy(np.ascontiguousarray(images[indices]))
                            for images in (patches.sharp, patches.degraded))
         if device.type != "cuda":
-            return cls(sharp, degraded, device)
+            return cls(sharp, degraded, device, pipeline)
         if on_device is None:
             on_device = 2 * sharp.nbytes <= cls.GPU_SHARE * torch.cuda.mem_get_info(device)[0]
         if not on_device:
-            return cls(sharp, degraded, device)
-        return cls(*(t.pin_memory().to(device, non_blocking=True) for t in (sharp, degraded)), device)
+            return cls(sharp, degraded, device, pipeline)
+        moved = (None if t is None else t.pin_memory().to(device, non_blocking=True) for t in (sharp, degraded))
+        return cls(*moved, device, pipeline)
+
+    def subset(self, picks: torch.Tensor) -> "PatchTensors":
+        """The patches at ``picks`` (indices on the patches' device), degraded the same way."""
+        return PatchTensors(self.sharp[picks], None if self.degraded is None else self.degraded[picks], self.device,
+                            self.pipeline)
 
     def __len__(self) -> int:
         return len(self.sharp)
@@ -103,10 +113,12 @@ class PatchTensors:
         return chunk if channels_last else chunk.contiguous()
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None, limit: int | None = None,
-                channels_last: bool = False, augment: torch.Generator | None = None
+                channels_last: bool = False, augment: torch.Generator | None = None, draws: tuple[int, ...] = (0,)
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(degraded, sharp) float NCHW batches in [0, 1], in ``order`` (a permutation) or sequentially; with an
-        ``augment`` generator, each batch in one of the 8 dihedral views drawn from it (see ``augmented``)."""
+        ``augment`` generator, each batch in one of the 8 dihedral views drawn from it (see ``augmented``). Patches
+        degraded on the fly get batch i's degradations from the seed of (*draws, i): the caller passes what makes
+        a batch's draws its own (run seed, epoch, rank), so a resumed epoch redraws exactly what it drew."""
         available = len(self) if order is None else len(order)
         n_samples = min(available, math.ceil(available / batch_size) * batch_size if limit is None
                         else limit * batch_size)
@@ -115,11 +127,26 @@ class PatchTensors:
         for start in range(0, n_samples, capacity):
             stop = min(start + capacity, n_samples)
             index = slice(start, stop) if order is None else order[start:stop]
-            degraded = self._chunk("degraded", index, stop - start, capacity, channels_last)
             sharp = self._chunk("sharp", index, stop - start, capacity, channels_last)
+            degraded = None if self.degraded is None else self._chunk("degraded", index, stop - start, capacity,
+                                                                      channels_last)
             for b in range(0, stop - start, batch_size):
-                pair = degraded[b:b + batch_size], sharp[b:b + batch_size]
+                if degraded is None:
+                    pair = self._degrade(sharp[b:b + batch_size], batch_seed(*draws, (start + b) // batch_size),
+                                         channels_last)
+                else:
+                    pair = degraded[b:b + batch_size], sharp[b:b + batch_size]
                 yield pair if augment is None else augmented(pair, augment, channels_last)
+
+    def _degrade(self, windows: torch.Tensor, seed: int, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        degraded, sharp, _ = self.pipeline.degrade_windows(windows, seed)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return degraded.contiguous(memory_format=layout), sharp.contiguous(memory_format=layout)
+
+
+def batch_seed(*key: int) -> int:
+    """A 63-bit seed that depends on every number of ``key`` (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def augmented(pair: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator,
@@ -134,19 +161,22 @@ def augmented(pair: tuple[torch.Tensor, torch.Tensor], generator: torch.Generato
 def prepare_data(cfg: DictConfig, data_cfg, device: torch.device, dist: Distributed):
     """(train, val, this rank's val share, names of held-out images) as device tensors, cut and split once."""
     degradation = OmegaConf.to_object(cfg.degradation)
+    pipeline = pipeline_of(degradation)
     patches = load_patches(data_cfg, degradation, cfg.paths.cache_dir)
     train_idx, val_idx = split_indices(patches, data_cfg, cfg.trainer.seed)
     held_out = sorted({patches.image_names[i] for i in patches.image_index[val_idx]})
     on_device = cfg.trainer.patches_on_device
-    train_set = PatchTensors.from_patches(patches, train_idx, device, on_device)
-    val_set = PatchTensors.from_patches(patches, val_idx, device, on_device)
-    val_shard = val_set if dist.world == 1 else PatchTensors.from_patches(patches, val_idx[dist.rank::dist.world],
-                                                                           device, on_device)
-    log.info("data %s: %d train / %d val patches of %dx%d (split=%s, degradation=%s applied per %s)",
+    train_set = PatchTensors.from_patches(patches, train_idx, device, on_device, pipeline)
+    val_set = PatchTensors.from_patches(patches, val_idx, device, on_device, pipeline)
+    val_shard = val_set if dist.world == 1 else PatchTensors.from_patches(
+        patches, val_idx[dist.rank::dist.world], device, on_device, pipeline)
+    log.info("data %s: %d train / %d val patches of %dx%d (split=%s, degradation=%s %s)",
              data_cfg.name, len(train_set), len(val_set), data_cfg.patch_size, data_cfg.patch_size,
-             data_cfg.split, degradation.name, degradation.apply_to)
+             data_cfg.split, degradation.name, f"applied per {degradation.apply_to}" if pipeline is None else
+             f"drawn per sample, every epoch: {pipeline.describe()}")
     if device.type == "cuda":
-        log.info("patches (%.0f MiB as uint8) %s", (patches.sharp.nbytes + patches.degraded.nbytes) / 2**20,
+        stored = patches.sharp.nbytes + (0 if patches.degraded is None else patches.degraded.nbytes)
+        log.info("patches (%.0f MiB as uint8) %s", stored / 2**20,
                  "live on the GPU" if train_set.resident else
                  "stay in host memory; chunks are copied to the GPU as they are needed (trainer.patches_on_device)")
     return train_set, val_set, val_shard, held_out if data_cfg.split == "image" else []

@@ -5,23 +5,25 @@ The same function degrades training patches, whole training images and whole tes
 model learns and what it is scored on are produced by one piece of code. Resizing is OpenCV's, or MATLAB's
 ``imresize`` bicubic (``matlab_bicubic``), which the super-resolution literature's published numbers use.
 
-A new degradation kind (noise, motion blur, JPEG...) is a change to this module alone plus a YAML in
-``conf/degradation/``: a step function appended to ``STEPS``, its settings in ``DegradationConfig`` and their
-checks in ``degradation_problems``.
+Blur kernels, motion, defocus, noise and JPEG, fixed or drawn per sample, are steps of a pipeline
+(``degradation.steps``, ``data/pipeline.py``); this module hands a degradation with steps to it. A new kind of step
+is an entry in ``pipeline.KINDS``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Iterator
+from typing import Any, Iterator, List
 
 import cv2
 import numpy as np
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
+from deblur_exp.config import CONF_DIR, did_you_mean
 from deblur_exp.data.images import to_color
+from deblur_exp.data.pipeline import Pipeline
 from deblur_exp.errors import DeblurError
 
 
@@ -36,6 +38,29 @@ class DegradationConfig:
     up_interp: str = "linear"    # a RESIZERS name
     apply_to: str = "image"      # image: degrade whole images, then cut patches; patch: each patch on its own
     crop_to_scale: bool = False  # crop images to a multiple of the scale first (the SR protocol's modcrop)
+    # A pipeline of steps (data/pipeline.py), drawn per sample on the fly; when given, the fields above other than
+    # name are not used. Empty: the fixed blur + resample above, degraded once and cached.
+    steps: List[Any] = field(default_factory=list)
+
+
+def degradation_option(name: str) -> DegradationConfig:
+    """``conf/degradation/<name>.yaml`` on its own (what ``degradation=<name>`` picks), checked."""
+    path = CONF_DIR / "degradation" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise DeblurError(f"degradation {name!r}: no such option{did_you_mean(name, known)}; choose from "
+                          f"{', '.join(known)}")
+    settings = OmegaConf.load(path)
+    settings.pop("defaults", None)
+    degradation = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DegradationConfig), settings))
+    for key, why in degradation_problems(degradation):
+        raise DeblurError(f"{path}: {key}: {why}")
+    return degradation
+
+
+def pipeline_of(degradation: DegradationConfig) -> Pipeline | None:
+    """The degradation's pipeline of steps, or None for the fixed blur + resample."""
+    return Pipeline(list(degradation.steps)) if degradation.steps else None
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -99,9 +124,16 @@ APPLY_TO = ("patch", "image")
 
 def degradation_problems(degradation: DegradationConfig) -> Iterator[tuple[str, str]]:
     """(field, what is wrong) for every setting out of range; config.check_config reports the first."""
-    for field in ("down_interp", "up_interp"):
-        if getattr(degradation, field) not in RESIZERS:
-            yield field, f"must be one of {', '.join(RESIZERS)}"
+    if degradation.steps:
+        try:
+            pipeline_of(degradation)
+        except DeblurError as exc:  # "degradation.steps[i].key: why" -> ("steps[i].key", "why")
+            where, why = str(exc).split(": ", 1)
+            yield where.removeprefix("degradation."), why
+        return
+    for key in ("down_interp", "up_interp"):
+        if getattr(degradation, key) not in RESIZERS:
+            yield key, f"must be one of {', '.join(RESIZERS)}"
     if degradation.apply_to not in APPLY_TO:
         yield "apply_to", f"must be one of {', '.join(APPLY_TO)}"
     if degradation.scale < 1:
@@ -112,8 +144,12 @@ def degradation_problems(degradation: DegradationConfig) -> Iterator[tuple[str, 
         yield "blur_sigma", "must be a finite number >= 0 (0 = derive from the kernel size)"
 
 
-def describe_degradation(degradation: DegradationConfig) -> str:
-    """What the degradation does, in words (what a model trained on it undoes)."""
+def describe_degradation(degradation: DegradationConfig, sharp: np.ndarray | None = None) -> str:
+    """What the degradation does, in words (what a model trained on it undoes); given the sharp image, a pipeline
+    says what it drew for that image."""
+    if degradation.steps:
+        pipeline = pipeline_of(degradation)
+        return pipeline.describe(None if sharp is None else pipeline.drawn_for(sharp))
     kernel, scale = degradation.blur_kernel, degradation.scale
     blur = f"a {kernel}x{kernel} Gaussian blur" if kernel else "no blur"
     resize = f", a x1/{scale} downscale ({degradation.down_interp}) and upscale ({degradation.up_interp})"
@@ -122,7 +158,7 @@ def describe_degradation(degradation: DegradationConfig) -> str:
 
 def min_image_size(degradation: DegradationConfig) -> int:
     """Smallest side that survives the downscale (floor(size / scale) >= 1)."""
-    return max(1, degradation.scale)
+    return 1 if degradation.steps else max(1, degradation.scale)
 
 
 def crop_to_scale(sharp: np.ndarray, degradation: DegradationConfig) -> np.ndarray:
@@ -160,7 +196,11 @@ STEPS = (blur, resample)  # the degradation, in order; each step returns its inp
 
 
 def degrade(sharp: np.ndarray, degradation: DegradationConfig) -> np.ndarray:
-    """Apply ``STEPS`` in order; the shape is kept."""
+    """The degraded image, of the same shape: uint8 from the fixed ``STEPS``; from a pipeline of steps, float32 in
+    [0, 1] units, noise unclipped, drawn from the image's own seed (the same image always comes out the same)."""
+    if degradation.steps:
+        degraded, _ = pipeline_of(degradation).degrade_image(sharp)
+        return degraded.reshape(sharp.shape)
     height, width = sharp.shape[:2]
     if min(height, width) < min_image_size(degradation):
         raise DeblurError(f"image of {width}x{height} is too small for degradation.scale={degradation.scale}: "

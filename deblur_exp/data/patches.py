@@ -19,8 +19,9 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from deblur_exp.atomic import WriteFailed, atomic_write, remove_stale_temps
-from deblur_exp.data.degrade import DegradationConfig, degrade, imresize_matlab, sharp_for
+from deblur_exp.data.degrade import DegradationConfig, degrade, imresize_matlab, pipeline_of, sharp_for
 from deblur_exp.data.images import Image
+from deblur_exp.data.pipeline import pad_reflect
 from deblur_exp.data.sources import DataConfig, image_source
 from deblur_exp.errors import DeblurError
 from deblur_exp.progress import tracked
@@ -32,8 +33,9 @@ CACHE_VERSION = 1  # bump when the patch layout or degradation code changes mean
 
 @dataclass
 class PatchSet:
-    sharp: np.ndarray        # N x P x P x C uint8 (C: 3 for RGB, 1 for data.color=y)
-    degraded: np.ndarray     # N x P x P x C uint8, aligned with sharp
+    sharp: np.ndarray        # N x P x P x C uint8 (C: 3 for RGB, 1 for data.color=y); with a pipeline of steps,
+                             # N x (P+2m) x (P+2m) x C: each patch with the pipeline's margin m around it
+    degraded: np.ndarray | None  # N x P x P x C uint8, aligned with sharp; None: degraded per sample on the fly
     image_index: np.ndarray  # N, which image each patch came from
     image_names: list[str]   # one per image
 
@@ -49,7 +51,12 @@ def cut_patches(image: np.ndarray, size: int, stride: int) -> np.ndarray:
 
 
 def degrade_and_cut(sharp: np.ndarray, data: DataConfig,
-                    degradation: DegradationConfig) -> tuple[np.ndarray, np.ndarray]:
+                    degradation: DegradationConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    pipeline = pipeline_of(degradation)
+    if pipeline is not None:  # degraded per sample while training: cut each patch with the margin its steps need
+        m = pipeline.margin
+        padded = pad_reflect(torch.from_numpy(sharp).permute(2, 0, 1)[None], m)[0].permute(1, 2, 0).numpy()
+        return cut_patches(padded, data.patch_size + 2 * m, data.stride), None
     sharp_patches = cut_patches(sharp, data.patch_size, data.stride)
     if degradation.apply_to == "image":
         return sharp_patches, cut_patches(degrade(sharp, degradation), data.patch_size, data.stride)
@@ -83,8 +90,8 @@ def build_patch_set(images: list[Image], data: DataConfig, degradation: Degradat
     if not sharp:
         raise DeblurError(f"data.scales: {list(data.scales)} shrinks every image below data.patch_size="
                           f"{data.patch_size}; include 1.0 or use larger factors")
-    return PatchSet(np.concatenate(sharp), np.concatenate(degraded), np.concatenate(index),
-                    [im.name for im in images])
+    return PatchSet(np.concatenate(sharp), None if degraded[0] is None else np.concatenate(degraded),
+                    np.concatenate(index), [im.name for im in images])
 
 
 def cache_key(fingerprint: list, data: DataConfig, degradation: DegradationConfig) -> str:
@@ -96,15 +103,25 @@ def cache_key(fingerprint: list, data: DataConfig, degradation: DegradationConfi
         "color": data.color,
         # only when set, so that the caches of runs without scale augmentation keep their keys
         **({"scales": list(data.scales)} if list(data.scales) != [1.0] else {}),
-        "degradation": {k: v for k, v in dataclasses.asdict(degradation).items() if k != "name"},
+        "degradation": degradation_key(degradation),
     }
     return hashlib.sha256(json.dumps(determines, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def degradation_key(degradation: DegradationConfig) -> dict:
+    """What of the degradation shapes the cached arrays: the fixed settings, or for a pipeline (degraded on the
+    fly, only the sharp patches cached) the margin its patches are cut with."""
+    pipeline = pipeline_of(degradation)
+    if pipeline is not None:
+        return {"margin": pipeline.margin}
+    return {k: v for k, v in dataclasses.asdict(degradation).items() if k not in ("name", "steps")}
 
 
 def _load_cache(path: Path) -> PatchSet | None:
     try:
         with np.load(path) as z:
-            patches = PatchSet(z["sharp"], z["degraded"], z["image_index"], [str(n) for n in z["image_names"]])
+            patches = PatchSet(z["sharp"], z["degraded"] if "degraded" in z else None, z["image_index"],
+                               [str(n) for n in z["image_names"]])
     except FileNotFoundError:
         return None
     except Exception as exc:  # a damaged cache is rebuilt, never trusted
@@ -121,8 +138,8 @@ def inconsistency(patches: PatchSet) -> str | None:
     """What makes a (readable) patch set unusable, or None: arrays that disagree in count or shape, or patches
     that point at images the set does not name."""
     count = len(patches.sharp)
-    if patches.degraded.shape != patches.sharp.shape or patches.sharp.ndim != 4:
-        return f"sharp {patches.sharp.shape} and degraded {patches.degraded.shape} disagree"
+    if (patches.degraded is not None and patches.degraded.shape != patches.sharp.shape) or patches.sharp.ndim != 4:
+        return f"sharp {patches.sharp.shape} and degraded {getattr(patches.degraded, 'shape', None)} disagree"
     if patches.image_index.shape != (count,):
         return f"{count} patches but {len(patches.image_index)} image indices"
     if count and not 0 <= patches.image_index.min() <= patches.image_index.max() < len(patches.image_names):
@@ -133,7 +150,8 @@ def inconsistency(patches: PatchSet) -> str | None:
 def _save_cache(path: Path, patches: PatchSet) -> None:
     try:
         with atomic_write(path) as f:
-            np.savez(f, sharp=patches.sharp, degraded=patches.degraded, image_index=patches.image_index,
+            degraded = {} if patches.degraded is None else {"degraded": patches.degraded}
+            np.savez(f, sharp=patches.sharp, **degraded, image_index=patches.image_index,
                      image_names=np.array(patches.image_names))
     except WriteFailed as exc:  # a read-only or full cache folder only costs time; nothing half-written is left
         log.warning("patch cache not saved: %s", exc)

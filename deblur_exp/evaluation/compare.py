@@ -17,7 +17,15 @@ from deblur_exp.data.degrade import degrade
 from deblur_exp.data.images import Image
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.figures import detail_box, three_panel, zoomed_comparison
-from deblur_exp.evaluation.scoring import IMAGE_FIELDS, PROTOCOL, Restorer, ScoringOptions, evaluate_set, summarize
+from deblur_exp.evaluation.scoring import (
+    IMAGE_FIELDS,
+    PROTOCOL,
+    Restorer,
+    ScoringOptions,
+    evaluate_set,
+    figure_title,
+    summarize,
+)
 from deblur_exp.metrics import IMAGE_METRICS, psnr
 from deblur_exp.models import count_parameters
 from deblur_exp.tables import markdown_table, table_cell, write_csv, write_text
@@ -84,7 +92,7 @@ def score_model(restorer: Restorer, comparison: Comparison, device, shown: dict)
         def keep(image, sharp, degraded, restored, scores, set_name=set_name):
             if comparison.figures:
                 three_panel(out / restorer.label / "figures" / set_name / f"{image.name}.png", sharp, degraded,
-                            restored, scores, image.name)
+                            restored, scores, figure_title(image.name, restorer.degradation, sharp))
             if image.name == comparison.compare:
                 shown.setdefault("sharp", sharp)
                 shown[restorer.label] = (restored, scores["psnr_restored"])

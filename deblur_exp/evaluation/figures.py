@@ -46,6 +46,20 @@ def panels(path: Path, images: list[np.ndarray], titles: list[str], suptitle: st
     _save(fig, path)
 
 
+def grid(path: Path, images: list[np.ndarray], titles: list[str], columns: int) -> None:
+    """Images in rows of ``columns``, a title each (unused cells left blank)."""
+    rows = -(-len(images) // columns)
+    height, width = images[0].shape[:2]
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, rows * (3.2 * height / width + 0.5)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        _show(ax, image)
+        ax.set_title(printable(title), fontsize=9)
+    _save(fig, path)
+
+
 def three_panel(path: Path, sharp, degraded, restored, scores: dict, name: str = "") -> None:
     """The seed notebook's figure: Sharp | Degraded (PSNR) | Restored (PSNR); ``scores`` holds psnr_degraded and
     psnr_restored."""

@@ -45,7 +45,8 @@ class RestoreOptions:
 
 def restore_image(model: nn.Module, degraded: np.ndarray, device: torch.device | str = "cpu",
                   options: RestoreOptions = RestoreOptions()) -> np.ndarray:
-    """Restore an HxWxC uint8 image (C as the model was trained: 3 RGB or 1 luma); returns HxWxC float32 in [0, 1]."""
+    """Restore an HxWxC image, uint8 or float in [0, 1] units (C as the model was trained: 3 RGB or 1 luma); returns
+    HxWxC float32 in [0, 1]."""
     return restore_batch(model, [degraded], device, options)[0]
 
 
@@ -55,7 +56,11 @@ def restore_batch(model: nn.Module, degraded: list[np.ndarray], device: torch.de
     """``restore_image`` for images of one size, through the model together (one forward pass per tile and view)."""
     model.eval()
     # NHWC in memory, as the images are: the models run channels_last on it
-    x = torch.from_numpy(np.stack(degraded)).permute(0, 3, 1, 2).float().div_(255).to(device)
+    stacked = np.stack(degraded)
+    x = torch.from_numpy(stacked).permute(0, 3, 1, 2).float()
+    if stacked.dtype == np.uint8:  # a float image (a pipeline's, noise unclipped) is in [0, 1] units already
+        x = x.div_(255)
+    x = x.to(device)
     tile, overlap = options.tile, options.tile_overlap
     if options.self_ensemble:
         total = torch.zeros(x.shape, dtype=torch.float32)

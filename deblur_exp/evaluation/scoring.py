@@ -4,7 +4,7 @@ did, restore it, and tabulate PSNR/SSIM of degraded and restored against sharp."
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from deblur_exp.data.degrade import DegradationConfig, degrade, min_image_size, sharp_for
+from deblur_exp.data.degrade import DegradationConfig, degrade, describe_degradation, min_image_size, sharp_for
 from deblur_exp.data.images import Image, read_folder
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.figures import three_panel
@@ -71,6 +71,12 @@ class Restorer:
         """How its run scored whole images: the PROTOCOL keys of its eval config (schema defaults if absent)."""
         own, defaults = self.config.get("eval", {}), EvalConfig()
         return {key: own.get(key, getattr(defaults, key)) for key in PROTOCOL}
+
+
+def under(restorer: Restorer, degradation: DegradationConfig) -> Restorer:
+    """The restorer scored under another degradation than its own (evaluate.py and report.py --degradation)."""
+    return replace(restorer, degradation=degradation,
+                   config={**restorer.config, "degradation": asdict(degradation)})
 
 
 def load_restorer(checkpoint: Path, device: torch.device | str = "cpu", label: str | None = None) -> Restorer:
@@ -197,6 +203,16 @@ def evaluate_set(restorer: Restorer, images: Iterable[Image], device, options: S
     return [rows[index] for index in sorted(rows)], problems
 
 
+def viewable(degraded: np.ndarray) -> np.ndarray:
+    """A degraded image as 8-bit pixels (a pipeline's float output, noise unclipped, clipped and rounded)."""
+    return degraded if degraded.dtype == np.uint8 else to_uint8(degraded)
+
+
+def figure_title(name: str, degradation: DegradationConfig, sharp: np.ndarray) -> str:
+    """An image's figure title: its name, and for a pipeline of steps the values drawn for it."""
+    return f"{name}: {describe_degradation(degradation, sharp)}" if degradation.steps else name
+
+
 def summarize(rows: list[dict]) -> dict:
     keys = score_fields()
     return {"images": len(rows), **{k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in keys}}
@@ -248,9 +264,10 @@ def evaluate_run(cfg: DictConfig, run: RunDir, device, writer, held_out, step: i
 
         def keep(image, sharp, degraded, restored, row):
             if eval_cfg.figures:
-                three_panel(run.eval_figure(set_name, image.name), sharp, degraded, restored, row, image.name)
+                three_panel(run.eval_figure(set_name, image.name), sharp, degraded, restored, row,
+                            figure_title(image.name, restorer.degradation, sharp))
             if len(shown) < eval_cfg.tensorboard_images:
-                shown.append((image.name, np.concatenate([degraded, to_uint8(restored), sharp], axis=1)))
+                shown.append((image.name, np.concatenate([viewable(degraded), to_uint8(restored), sharp], axis=1)))
 
         rows, bad = evaluate_set(restorer, images, device, options, progress=cfg.trainer.progress, on_image=keep)
         for problem in bad:

@@ -372,7 +372,7 @@ def train_epoch(state: RunState, step: Step, epoch: int) -> EpochResult:
     total = min(math.ceil(len(order) / trainer.batch_size), trainer.limit_train_batches or math.inf)
     augment = state.shuffle if state.cfg.data.augment else None  # one draw per batch, after the shuffle
     batches = train_set.batches(trainer.batch_size, order, trainer.limit_train_batches, state.compute.channels_last,
-                                augment)
+                                augment, draws=(trainer.seed, epoch, state.dist.rank))
     on_step = schedule_hook(state.scheduler, epoch, trainer.epochs, state.budget)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch}/{trainer.epochs}", leave=False,
                disable=bar_off(trainer.progress), unit="batch")
@@ -429,7 +429,9 @@ def evaluate_patches(state: RunState, baseline: float | None = None) -> dict[str
     sums = torch.zeros(4, device=val_set.device, dtype=torch.float64)  # loss, psnr, degraded psnr, count
     zero = torch.zeros((), device=val_set.device, dtype=torch.float64)
     batch_size = trainer.val_batch_size or 4 * trainer.batch_size
-    for degraded, sharp in val_set.batches(batch_size, None, trainer.limit_val_batches, compute.channels_last):
+    # epoch 0 of the draws: validation patches get the same degradations every epoch
+    for degraded, sharp in val_set.batches(batch_size, None, trainer.limit_val_batches, compute.channels_last,
+                                           draws=(trainer.seed, 0, compute.dist.rank)):
         with compute.autocast():
             restored = state.forward_model(degraded).float()
         per_patch_loss = state.loss_fn(restored, sharp, reduction="none").flatten(1).mean(dim=1)

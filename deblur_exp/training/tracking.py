@@ -41,7 +41,7 @@ def image_grid(model, val_set: PatchTensors, count: int, compute: Compute) -> to
     from torchvision.utils import make_grid
 
     picks = torch.linspace(0, len(val_set) - 1, min(count, len(val_set))).long().to(val_set.sharp.device)
-    subset = PatchTensors(val_set.sharp[picks], val_set.degraded[picks], val_set.device)
+    subset = val_set.subset(picks)
     degraded, sharp = next(subset.batches(len(subset), channels_last=compute.channels_last))
     model.eval()
     with torch.no_grad(), compute.autocast():
