@@ -144,6 +144,7 @@ def test_the_figure_of_the_steps_is_made_by_its_script(tmp_path):
     assert cv2.imread(str(tmp_path / "steps.jpg")).shape[1] > 1000  # five panels a row
 
 
+@pytest.mark.slow
 def test_cbm3d_is_scored_on_the_noisy_inputs_models_get(tmp_path):
     """scripts/denoise_baseline.py: the bm3d package's CBM3D on each image's own noisy input (the one evaluate.py
     --degradation noise_sigma25 gives models), better than the input."""
