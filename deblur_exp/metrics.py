@@ -25,9 +25,10 @@ SSIM_WINDOW = 11  # Gaussian window: sigma 1.5 truncated at 3.5 sigma -> 11 taps
 MIN_MSE = 1e-10
 
 
-def batch_psnr(restored: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
-    """PSNR of each image in an NCHW batch (restored clamped to [0, 1]), in float64, capped at 100 dB."""
-    error = (restored.clamp(0, 1).double() - sharp.double()).pow(2).flatten(1).mean(dim=1)
+def batch_psnr(restored: torch.Tensor, sharp: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """PSNR of each image in an NCHW batch (restored clamped to [0, 1] unless ``clamp`` is off: a noisy input is
+    scored unclipped), in float64, capped at 100 dB."""
+    error = ((restored.clamp(0, 1) if clamp else restored).double() - sharp.double()).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(1.0 / error.clamp_min(MIN_MSE))
 
 

@@ -436,7 +436,7 @@ def evaluate_patches(state: RunState, baseline: float | None = None) -> dict[str
             restored = state.forward_model(degraded).float()
         per_patch_loss = state.loss_fn(restored, sharp, reduction="none").flatten(1).mean(dim=1)
         sums += torch.stack([per_patch_loss.double().sum(), batch_psnr(restored, sharp).sum(),
-                             batch_psnr(degraded, sharp).sum() if baseline is None else zero,
+                             batch_psnr(degraded, sharp, clamp=False).sum() if baseline is None else zero,
                              torch.tensor(len(sharp), device=val_set.device)])
     compute.dist.all_sum(sums)
     loss, psnr, psnr_degraded = (sums[:3] / sums[3].clamp_min(1)).tolist()
