@@ -113,6 +113,14 @@ def run_cli(main: Callable[[], int]) -> None:
     sys.exit(status)
 
 
+def finish(problems: list[str], where: str) -> int:
+    """A script's last lines: each problem as a warning, then where its results are; exit status 1 if any."""
+    for problem in problems:
+        print(f"warning: {problem}")
+    print(where)
+    return 1 if problems else 0
+
+
 def config_error_line(exc: BaseException) -> str:
     """One line for a Hydra/OmegaConf composition error: the key, the bad value, the choices or the type."""
     from hydra.errors import MissingConfigException

@@ -25,7 +25,15 @@ from deblur_exp.data.images import MAX_PIXELS, in_format_of, read_alpha, read_im
 from deblur_exp.errors import DeblurError
 from deblur_exp.evaluation.figures import before_after, three_panel
 from deblur_exp.evaluation.restore import restore_photo, to_uint8
-from deblur_exp.evaluation.scoring import IMAGE_FIELDS, ScoringOptions, load_restorer, score_image
+from deblur_exp.evaluation.scoring import (
+    IMAGE_FIELDS,
+    ScoringOptions,
+    drawn_values,
+    figure_title,
+    load_restorer,
+    score_image,
+    viewable,
+)
 from deblur_exp.metrics import describe_scores
 from deblur_exp.progress import bar_off
 from deblur_exp.runs.locate import find_checkpoints
@@ -116,13 +124,13 @@ def main() -> int:
             image, grey = read_image_info(path, int(args.max_megapixels * 1e6))
             if args.simulate:
                 scores, sharp, degraded, restored = score_image(restorer, image, device, options)
-                write_image(args.out / f"{stem}_degraded.png", degraded if degraded.dtype == np.uint8
-                            else to_uint8(degraded))
-                drawn = describe_degradation(restorer.degradation, sharp)  # the values drawn for this image
+                write_image(args.out / f"{stem}_degraded.png", viewable(degraded))
                 three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores,
-                            f"{path.name}: {drawn}")
+                            figure_title(path.name, restorer.degradation, sharp))
+                drawn = drawn_values(restorer.degradation, sharp)  # a pipeline's values for this image, else ""
                 rows.append({"image": printable(path.name), "degradation": drawn, **scores})
-                tqdm.write(f"{printable(path.name)}: {describe_scores(scores, arrows=True)} ({drawn})")
+                tqdm.write(f"{printable(path.name)}: {describe_scores(scores, arrows=True)}"
+                           + (f" ({drawn})" if drawn else ""))
             else:
                 warning = sharpness_warning(image, restorer, printable(path.name))
                 if warning:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
-from deblur_exp.cli import default_data_dir, default_output_dir, make_output_dir, read_image_sets, run_cli
+from deblur_exp.cli import default_data_dir, default_output_dir, finish, make_output_dir, read_image_sets, run_cli
 from deblur_exp.data.degrade import degradation_option, describe_degradation, pipeline_of
 from deblur_exp.errors import DeblurError
-from deblur_exp.evaluation.scoring import IMAGE_FIELDS, score_pair, summarize
+from deblur_exp.evaluation.scoring import IMAGE_FIELDS, ScoringOptions, image_row, summarize
 from deblur_exp.progress import tracked
 from deblur_exp.tables import markdown_table, write_csv, write_text
 
@@ -58,20 +59,17 @@ def main() -> int:
             noisy, _ = pipeline.degrade_image(image.rgb)
             started = time.perf_counter()
             denoised = np.clip(bm3d.bm3d_rgb(noisy.astype(np.float64), sigma / 255), 0, 1)
-            rows.append({"image": image.name, "size": f"{image.rgb.shape[1]}x{image.rgb.shape[0]}",
-                         **score_pair(image.rgb, noisy, denoised), "seconds": round(time.perf_counter() - started, 1)})
+            rows.append({"image": image.name, **image_row(image.rgb, noisy, denoised, ScoringOptions()),
+                         "seconds": round(time.perf_counter() - started, 1)})
         write_csv(out / f"{set_name}.csv", rows, [*IMAGE_FIELDS, "seconds"])
         summary[set_name] = summarize(rows)
     table = markdown_table(["set", "images", "noisy PSNR / SSIM", "CBM3D PSNR / SSIM"], [
         [name, s["images"], f"{s['psnr_degraded']:.2f} / {s['ssim_degraded']:.4f}",
          f"{s['psnr_restored']:.2f} / {s['ssim_restored']:.4f}"] for name, s in summary.items()])
-    write_text(out / "summary.md", f"CBM3D (bm3d {bm3d.__version__ if hasattr(bm3d, '__version__') else ''}) under "
-                                   f"{degradation.name}: {describe_degradation(degradation)}\n\n{table}")
+    write_text(out / "summary.md", f"CBM3D (bm3d {version('bm3d')}) under {degradation.name}: "
+                                   f"{describe_degradation(degradation)}\n\n{table}")
     print(table)
-    for problem in problems:
-        print(f"warning: {problem}")
-    print(f"results in {out}")
-    return 1 if problems else 0
+    return finish(problems, f"results in {out}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from deblur_exp.cli import (
     add_eval_options,
     default_data_dir,
     default_output_dir,
+    finish,
     make_output_dir,
     read_image_sets,
     run_cli,
@@ -92,10 +93,7 @@ def main() -> int:
     compare_models(restorers, comparison, device)
     print((out / "summary.md").read_text())
     problems += comparison.problems
-    for problem in problems:
-        print(f"warning: {problem}")
-    print(f"results in {out}")
-    return 1 if problems else 0
+    return finish(problems, f"results in {out}")
 
 
 if __name__ == "__main__":

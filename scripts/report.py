@@ -18,6 +18,7 @@ from pathlib import Path
 from deblur_exp.cli import (
     default_data_dir,
     default_output_dir,
+    finish,
     make_output_dir,
     read_image_sets,
     run_cli,
@@ -70,10 +71,7 @@ def main() -> int:
     command = "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(write_report(out, runs, baseline, ReportRequest(list(sets), args.y_crop, args.compare, command)))
     write_figures(out, runs, baseline, args.compare)
-    for problem in problems:
-        print(f"warning: {problem}")
-    print(f"report in {out}: results.md, results.csv, curves.png, compare_{args.compare}.png")
-    return 1 if problems else 0
+    return finish(problems, f"report in {out}: results.md, results.csv, curves.png, compare_{args.compare}.png")
 
 
 if __name__ == "__main__":

@@ -208,9 +208,15 @@ def viewable(degraded: np.ndarray) -> np.ndarray:
     return degraded if degraded.dtype == np.uint8 else to_uint8(degraded)
 
 
+def drawn_values(degradation: DegradationConfig, sharp: np.ndarray) -> str:
+    """For a pipeline of steps, the values drawn for this image in words; "" for the fixed degradation."""
+    return describe_degradation(degradation, sharp) if degradation.steps else ""
+
+
 def figure_title(name: str, degradation: DegradationConfig, sharp: np.ndarray) -> str:
     """An image's figure title: its name, and for a pipeline of steps the values drawn for it."""
-    return f"{name}: {describe_degradation(degradation, sharp)}" if degradation.steps else name
+    drawn = drawn_values(degradation, sharp)
+    return f"{name}: {drawn}" if drawn else name
 
 
 def summarize(rows: list[dict]) -> dict:
