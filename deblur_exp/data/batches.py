@@ -158,6 +158,14 @@ def augmented(pair: tuple[torch.Tensor, torch.Tensor], generator: torch.Generato
     return tuple(dihedral(x, k, flip).contiguous(memory_format=layout) for x in pair)
 
 
+def how_degraded(apply_to: str, pipeline: Pipeline | None) -> str:
+    """How the training patches get their degradation, for the data log line."""
+    if pipeline is None:
+        return f"applied per {apply_to}"
+    when = "drawn per sample, every epoch" if pipeline.random else "applied per sample, alike every epoch"
+    return f"{when}: {pipeline.describe()}"
+
+
 def prepare_data(cfg: DictConfig, data_cfg, device: torch.device, dist: Distributed):
     """(train, val, this rank's val share, names of held-out images) as device tensors, cut and split once."""
     degradation = OmegaConf.to_object(cfg.degradation)
@@ -172,8 +180,7 @@ def prepare_data(cfg: DictConfig, data_cfg, device: torch.device, dist: Distribu
         patches, val_idx[dist.rank::dist.world], device, on_device, pipeline)
     log.info("data %s: %d train / %d val patches of %dx%d (split=%s, degradation=%s %s)",
              data_cfg.name, len(train_set), len(val_set), data_cfg.patch_size, data_cfg.patch_size,
-             data_cfg.split, degradation.name, f"applied per {degradation.apply_to}" if pipeline is None else
-             f"drawn per sample, every epoch: {pipeline.describe()}")
+             data_cfg.split, degradation.name, how_degraded(degradation.apply_to, pipeline))
     if device.type == "cuda":
         stored = patches.sharp.nbytes + (0 if patches.degraded is None else patches.degraded.nbytes)
         log.info("patches (%.0f MiB as uint8) %s", stored / 2**20,

@@ -173,8 +173,7 @@ def set_up_runtime(trainer: DictConfig, device: torch.device, dist: Distributed)
     if trainer.num_threads:
         torch.set_num_threads(trainer.num_threads)
     elif adapts_threads(trainer, device, dist):
-        torch.set_num_threads(cpu_cores())  # from all cores, fewer while other processes keep some busy
-        report_threads()
+        torch.set_num_threads(cpu_cores())  # from all cores; each epoch then takes the ones others leave free
     seed_everything(trainer.seed, trainer.deterministic)
     # null -> channels_last: faster for all five models on the 2-core CPU (up to 1.2x), and on an H200 the best
     # format for three of five, within 4% for the others (results/*.json). true/false force a format.
