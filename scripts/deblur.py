@@ -31,6 +31,7 @@ from deblur_exp.evaluation.scoring import (
     drawn_values,
     figure_title,
     load_restorer,
+    own_options,
     score_image,
     viewable,
 )
@@ -50,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="folder for the restored images and figures "
                                             "(default: outputs/restored/<date>_<time>)")
     p.add_argument("--simulate", action="store_true", help="degrade the (sharp) inputs first, then score")
-    add_eval_options(p, "tile", "tile_overlap", "self_ensemble")
+    add_eval_options(p, "tile", "tile_overlap", "self_ensemble", from_checkpoints=("self_ensemble",))
     p.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6,
                    help=f"larger inputs are skipped, named (default {MAX_PIXELS / 1e6:.0f})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -102,8 +103,10 @@ def main() -> int:
     device = resolve_device(args.device)
     checkpoint = find_checkpoints(args.model)[0]
     restorer = load_restorer(checkpoint, device)
-    options = ScoringOptions(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)
-    print(f"restoring with {args.model} ({restorer.arch}, epoch {restorer.epoch}): it undoes "
+    options = own_options(ScoringOptions(tile=args.tile, tile_overlap=args.tile_overlap,
+                                         self_ensemble=args.self_ensemble), restorer)
+    ensemble = ", x8 self-ensemble" if options.self_ensemble else ""
+    print(f"restoring with {args.model} ({restorer.arch}, epoch {restorer.epoch}{ensemble}): it undoes "
           f"{describe_degradation(restorer.degradation)}")
     args.out = args.out or default_output_dir("restored")
     problems: list[str] = []

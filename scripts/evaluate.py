@@ -42,7 +42,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--images", type=Path, help="another folder of sharp images to score")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
     p.add_argument("--out", type=Path, help="output folder (default: outputs/eval/<date>_<time>)")
-    add_eval_options(p, "tile", "tile_overlap", "self_ensemble", *PROTOCOL, from_checkpoints=PROTOCOL)
+    add_eval_options(p, "tile", "tile_overlap", "self_ensemble", *PROTOCOL,
+                     from_checkpoints=(*PROTOCOL, "self_ensemble"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--degradation", help="score under this conf/degradation option instead of each model's own "
                                          "(e.g. a model trained on one degradation, tested on another)")
@@ -77,6 +78,9 @@ def main() -> int:
     options = ScoringOptions(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)
     options, protocol_line = scoring_protocol(options, given, restorers)
     print(protocol_line)
+    ensembled = [r.label for r in restorers if args.self_ensemble is None and r.self_ensemble]
+    if ensembled:
+        print(f"x8 self-ensemble, as the checkpoint asks (--no-self-ensemble for one pass): {', '.join(ensembled)}")
 
     sets, bad = read_image_sets(args.sets, args.data_dir)
     problems += bad

@@ -1,14 +1,15 @@
 """Ship finished runs as the package's pretrained models (``pretrained:<name>``).
 
     python scripts/export_pretrained.py RUN_OR_SWEEP [...] [--data-dir DIR]
-    python scripts/export_pretrained.py RUN --name NAME
+    python scripts/export_pretrained.py RUN --name NAME [--self-ensemble]
 
 A sweep folder (train.py -m) stands for its finished runs, one per architecture. Each run's checkpoint (its
 eval.checkpoint: best.pt unless the run chose last) is written weights-only to deblur_exp/weights/<NAME>.pt (NAME:
 the architecture unless --name gives one) with how it was trained (recipe, epochs, device, time, the resolved
 config), scored on Set5 and Set14 (whole images, the run's own degradation and scoring protocol: RGB, or Y with
-its eval.crop_border) and pinned by SHA-256 in deblur_exp/weights/manifest.json. Prints the table docs/models.md's
-"Pretrained models" shows.
+its eval.crop_border; with --self-ensemble as the mean of 8 flips/rotations, which the shipped model then asks
+of deblur.py and evaluate.py) and pinned by SHA-256 in deblur_exp/weights/manifest.json. Prints the table
+docs/models.md's "Pretrained models" shows.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("runs", nargs="+", type=Path,
                    help="finished run folders, or sweep folders holding them; one run per architecture")
     p.add_argument("--name", help="ship one run under this name instead of its architecture's (e.g. edsr_x3)")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="ship it restoring as the mean of its 8 flips/rotations (x8 slower); scored that way")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
     return p.parse_args()
 
@@ -60,19 +63,19 @@ def main() -> int:
     for run, name in zip(runs, names):
         checkpoint = run_checkpoint(run.folder)
         restorer = load_restorer(checkpoint, "cpu", label=run.arch)
-        scores = {set_name: summarize(evaluate_set(restorer, images, "cpu", ScoringOptions(**restorer.protocol),
-                                                   progress=False)[0])
+        options = ScoringOptions(**restorer.protocol, self_ensemble=args.self_ensemble)
+        scores = {set_name: summarize(evaluate_set(restorer, images, "cpu", options, progress=False)[0])
                   for set_name, images in sets.items()}
-        scored_in = protocol_label(restorer)
+        scored_in = protocol_label(restorer) + (", x8 self-ensemble" if args.self_ensemble else "")
         s = run.summary
         overrides = yaml.safe_load(RunDir(run.folder).overrides.read_text()) or []
         trained = {"recipe": run.recipe, "overrides": overrides, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
                    "stopped_by": s.get("stopped_by", "epochs"), "max_time_s": s.get("max_time_s"),
                    "train_time_s": s["train_time_s"], "device": s.get("device"), "run": run.folder.name}
-        suffix = scored_in.lower().replace(", ", "_").replace(" ", "")
+        suffix = protocol_label(restorer).lower().replace(", ", "_").replace(" ", "")
         published = {f"{k}_psnr_{suffix}{which}": round(v[f"psnr{column}"], 4) for k, v in scores.items()
                      for which, column in (("", "_restored"), (DEGRADED, "_degraded"))}
-        entry = export(checkpoint, name, trained, published)
+        entry = export(checkpoint, name, trained, published, args.self_ensemble)
         rows.append([f"`{PREFIX}{name}`", s["epochs"], f"{s['train_time_s'] / 60:.1f} min", s.get("device"),
                      f"{scores['Set5']['psnr_restored']:.2f}", f"{scores['Set14']['psnr_restored']:.2f}",
                      f"{entry['bytes'] / 2**20:.2f} MiB", scored_in])

@@ -46,7 +46,8 @@ def test_a_shipped_model_scores_what_its_manifest_says(name):
 
     images, problems = read_folder(dataset("Set5"))
     restorer = load_restorer(pretrained.pretrained_path(f"pretrained:{name}"))
-    means = summarize(evaluate_set(restorer, images, "cpu", ScoringOptions(**restorer.protocol), progress=False)[0])
+    options = ScoringOptions(**restorer.protocol, self_ensemble=None)  # None: the model's own, as scripts do
+    means = summarize(evaluate_set(restorer, images, "cpu", options, progress=False)[0])
     (restored,) = [k for k in SHIPPED[name]["scores"] if k.startswith("Set5") and not k.endswith(pretrained.DEGRADED)]
     assert problems == [] and means["images"] == 5
     assert means["psnr_restored"] == pytest.approx(SHIPPED[name]["scores"][restored], abs=0.05)
@@ -62,6 +63,18 @@ def test_deblur_restores_with_a_pretrained_model_offline(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*_restored.png")) == ["alpha_restored.png",
                                                                                   "beta_restored.png"]
     assert "restoring with pretrained:edsr (edsr, epoch 1): it undoes a 7x7 Gaussian blur" in result.stdout
+
+
+def test_deblur_without_a_model_restores_with_the_default_as_it_ships(tmp_path):
+    """No --model: pretrained:deblur, named, with the x8 self-ensemble its file asks for; --no-self-ensemble
+    restores in one pass, a different image."""
+    photos = write_sharp_images(tmp_path / "photos", names=("alpha",))
+    ensembled = run_script("deblur.py", str(photos), "--out", str(tmp_path / "x8"), "--device", "cpu")
+    assert ensembled.returncode == 0, ensembled.stderr
+    assert "restoring with pretrained:deblur (edsr, epoch 46, x8 self-ensemble): it undoes" in ensembled.stdout
+    one_pass = run_script("deblur.py", str(photos), "--out", str(tmp_path / "x1"), "--no-self-ensemble")
+    assert one_pass.returncode == 0 and "(edsr, epoch 46): it undoes" in one_pass.stdout
+    assert (tmp_path / "x8" / "alpha_restored.png").read_bytes() != (tmp_path / "x1" / "alpha_restored.png").read_bytes()
 
 
 def test_nothing_that_makes_images_worse_ships():
@@ -98,6 +111,24 @@ def test_export_pins_and_a_tampered_file_is_refused(trained_run, tmp_path, monke
     shutil.rmtree(tmp_path / "weights")
     with pytest.raises(DeblurError, match=r"choose from \(none shipped\)"):
         find_checkpoints("pretrained:tiny")
+
+
+def test_a_model_shipped_with_self_ensemble_restores_with_it_unless_told_not_to(trained_run, tmp_path, monkeypatch):
+    """export(self_ensemble=True) records it in the shipped file; scoring that leaves the choice open (None, the
+    scripts' default) then averages the 8 views, and an explicit False restores in one pass."""
+    from deblur_exp.evaluation.scoring import ScoringOptions, evaluate_set
+
+    monkeypatch.setattr(pretrained, "FOLDER", tmp_path / "weights")
+    entry = pretrained.export(run_checkpoint(trained_run), "tiny", {"epochs": 1}, {"Set5": 1.0}, self_ensemble=True)
+    restorer = load_restorer(pretrained.pretrained_path("pretrained:tiny"))
+    assert entry["self_ensemble"] and restorer.self_ensemble and not load_restorer(run_checkpoint(trained_run)).self_ensemble
+    images, _ = read_folder(write_sharp_images(tmp_path / "photos"))
+
+    def psnr(self_ensemble):
+        rows, _ = evaluate_set(restorer, images, "cpu", ScoringOptions(self_ensemble=self_ensemble), progress=False)
+        return [row["psnr_restored"] for row in rows]
+
+    assert psnr(None) == psnr(True) and psnr(None) != psnr(False)
 
 
 @pytest.mark.slow

@@ -36,11 +36,12 @@ def _forward(model: nn.Module, degraded: torch.Tensor, tile: int | None, overlap
 @dataclass(frozen=True)
 class RestoreOptions:
     """How a whole image goes through a model: in one pass, or in ``tile``-pixel tiles that each see
-    ``tile_overlap`` pixels of context; with ``self_ensemble``, as the mean of its 8 dihedral views (x8)."""
+    ``tile_overlap`` pixels of context; with ``self_ensemble``, as the mean of its 8 dihedral views (x8).
+    ``self_ensemble=None`` leaves the choice to the model (scoring.own_options); a bare restore takes it as off."""
 
     tile: int | None = None
     tile_overlap: int = 32
-    self_ensemble: bool = False
+    self_ensemble: bool | None = False
 
 
 def restore_image(model: nn.Module, degraded: np.ndarray, device: torch.device | str = "cpu",

@@ -72,6 +72,12 @@ class Restorer:
         own, defaults = self.config.get("eval", {}), EvalConfig()
         return {key: own.get(key, getattr(defaults, key)) for key in PROTOCOL}
 
+    @property
+    def self_ensemble(self) -> bool:
+        """Whether it restores as the mean of its 8 dihedral views unless told otherwise: its eval.self_ensemble
+        (a shipped model may declare it: export_pretrained.py --self-ensemble)."""
+        return bool(self.config.get("eval", {}).get("self_ensemble", False))
+
 
 def under(restorer: Restorer, degradation: DegradationConfig) -> Restorer:
     """The restorer scored under another degradation than its own (evaluate.py and report.py --degradation)."""
@@ -116,6 +122,11 @@ class ScoringOptions(RestoreOptions):
         return cls(**{key: getattr(eval_cfg, key) for key in keys})
 
 
+def own_options(options: RestoreOptions, restorer: Restorer) -> RestoreOptions:
+    """``options`` with a self_ensemble left open (None) set to the restorer's own."""
+    return options if options.self_ensemble is not None else replace(options, self_ensemble=restorer.self_ensemble)
+
+
 def score_image(restorer: Restorer, sharp: np.ndarray, device, options: ScoringOptions = ScoringOptions(),
                 grey: bool = False) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """Degrade ``sharp`` (RGB as read) with the run's own degradation, restore it, and score both against it.
@@ -123,6 +134,7 @@ def score_image(restorer: Restorer, sharp: np.ndarray, device, options: ScoringO
     Returns (scores, sharp, degraded, restored), the sharp image as the model sees it: in the run's colour
     (RGB or Y) and cropped to the scale when the degradation asks for it.
     """
+    options = own_options(options, restorer)
     sharp, degraded = degraded_pair(restorer, sharp, grey, options.crop_border)
     restored = restore_image(restorer.model, degraded, device, options)
     return image_row(sharp, degraded, restored, options, device), sharp, degraded, restored
@@ -178,7 +190,7 @@ def evaluate_set(restorer: Restorer, images: Iterable[Image], device, options: S
                  progress: bool = True, on_image=None) -> tuple[list[dict], list[str]]:
     """Per-image rows for a set, in the set's order; images that fail are reported as problems and the rest carry
     on. ``on_image(image, sharp, degraded, restored, row)`` sees each image as it is scored."""
-    images = list(images)
+    images, options = list(images), own_options(options, restorer)
     batch_pixels = options.batch_pixels
     if batch_pixels is None:
         batch_pixels = GPU_BATCH_PIXELS if torch.device(device).type == "cuda" else 0

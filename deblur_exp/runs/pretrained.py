@@ -11,6 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from deblur_exp.errors import DeblurError
 from deblur_exp.runs.checkpoint import load_checkpoint, save_checkpoint, weights_only
 from deblur_exp.tables import write_json
@@ -62,21 +64,25 @@ def weaker_than_input(scores: dict) -> list[str]:
             and key + DEGRADED in scores and value <= scores[key + DEGRADED]]
 
 
-def export(checkpoint: Path, name: str, trained: dict, scores: dict) -> dict:
+def export(checkpoint: Path, name: str, trained: dict, scores: dict, self_ensemble: bool = False) -> dict:
     """Write ``checkpoint``'s weights as ``weights/<name>.pt`` and pin it in the manifest.
 
     ``trained`` says how it was trained (recipe, epochs, device, time); ``scores`` its published test scores
-    (``<set>_psnr_<protocol>``, and the degraded input's under the same key + ``_degraded``).
+    (``<set>_psnr_<protocol>``, and the degraded input's under the same key + ``_degraded``), made with the x8
+    self-ensemble when ``self_ensemble``, which the shipped file then asks for (its eval.self_ensemble).
     """
     weaker = weaker_than_input(scores)
     if weaker:
         raise DeblurError(f"{checkpoint}: restores worse than its degraded input on {', '.join(weaker)}; a model "
                           f"that makes images worse is not shipped")
     state = load_checkpoint(checkpoint)
+    config = OmegaConf.create(state["config"])  # YAML text, as the run wrote it
+    config.eval.self_ensemble = self_ensemble
+    state["config"] = OmegaConf.to_yaml(config)
     path = FOLDER / f"{name}.pt"
     save_checkpoint(path, {**weights_only(state), "trained": trained})
     entry = {"file": path.name, "sha256": sha256(path), "arch": state["arch"], "bytes": path.stat().st_size,
-             "trained": trained, "scores": scores}
+             "trained": trained, "self_ensemble": self_ensemble, "scores": scores}
     entries = manifest()
     entries[name] = entry
     write_json(FOLDER / MANIFEST, dict(sorted(entries.items())))
