@@ -6,13 +6,14 @@ from deblur_exp import models
 from deblur_exp.errors import DeblurError
 from deblur_exp.models import build_model, count_parameters, list_models, register_model
 
-# Parameter counts of the seed notebook's architectures (and SRCNN 9-1-5), pinned.
+# Parameter counts of the seed notebook's architectures, SRCNN 9-1-5 and the residual U-Net, pinned.
 PARAMETERS = {
     "deblurcnn": 292_355,
     "deblurcnn_res": 292_355,
     "deblursuperrescnn": 301_539,
     "dncnn": 558_336,
     "edsr": 298_947,
+    "resunet": 1_042_112,
     "srcnn": 20_099,
 }
 
@@ -51,7 +52,7 @@ def test_output_keeps_input_shape(name, size):
 def test_residual_variants_start_from_the_input():
     # With the correction branch zeroed, the residual models must return their input unchanged.
     degraded = torch.rand(1, 3, 9, 9)
-    for name, branch in (("deblurcnn_res", "body"), ("dncnn", "body")):
+    for name, branch in (("deblurcnn_res", "body"), ("dncnn", "body"), ("resunet", "tail")):
         model = build_model(name).eval()
         last_conv = [m for m in getattr(model, branch).modules() if isinstance(m, nn.Conv2d)][-1]
         nn.init.zeros_(last_conv.weight)
