@@ -80,9 +80,12 @@ SHARP_INPUT_DB = 29.0
 
 def sharpness_warning(image, restorer, name: str) -> str | None:
     """A warning when ``image`` looks sharper than the degraded inputs the model learned to restore."""
-    from deblur_exp.data.degrade import degrade, sharp_for
+    from deblur_exp.data.degrade import degrade, pipeline_of, sharp_for
     from deblur_exp.metrics import psnr
 
+    pipeline = pipeline_of(restorer.degradation)
+    if pipeline is not None and pipeline.adds_noise:  # fresh noise changes a noisy image as much as a clean one
+        return None
     seen = sharp_for(image, restorer.color, restorer.degradation)
     try:
         change = psnr(degrade(seen, restorer.degradation), seen)

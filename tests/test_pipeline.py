@@ -182,3 +182,24 @@ def test_evaluate_scores_a_model_under_another_degradation(tmp_path):
     assert np.mean([float(r["psnr_degraded"]) for r in rows]) == pytest.approx(20.17, abs=0.02)
     wrong = run_script("evaluate.py", "pretrained:deblur", "--degradation", "noise_sigma2")
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: degradation 'noise_sigma2': no such option")
+
+
+def test_restoring_a_photo_warns_of_sharpness_only_where_re_degrading_can_tell():
+    """deblur.py's "looks sharper than the inputs" check re-degrades the photo; fresh noise changes a noisy photo
+    as much as a clean one, so a model trained with noise never warns, and a blur model still does."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from deblur_exp.config import REPO_ROOT
+    from deblur_exp.data.degrade import degradation_option, pipeline_of
+
+    assert [pipeline_of(degradation_option(n)).adds_noise for n in ("noise_sigma25", "motion_noise", "random_mix")] \
+        == [True, True, True]
+    assert pipeline_of(degradation_option("gauss_down3")) is None
+    spec = importlib.util.spec_from_file_location("deblur_script", REPO_ROOT / "scripts" / "deblur.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    sharp = np.random.default_rng(5).integers(0, 256, (48, 40, 3), dtype=np.uint8)  # as sharp as an image gets
+    for name, warns in (("noise_sigma25", False), ("gauss_down3", True)):
+        restorer = SimpleNamespace(color="rgb", degradation=degradation_option(name))
+        assert (script.sharpness_warning(sharp, restorer, "sharp.png") is not None) == warns, name

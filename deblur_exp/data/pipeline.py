@@ -321,6 +321,15 @@ class Pipeline:
                 is_range(v) or is_choice(v) for v in values)
         return any(varies(s) for s in self.steps)
 
+    @property
+    def adds_noise(self) -> bool:
+        """True when a step may add noise (Gaussian or Poisson, alone or among one_of's choices)."""
+        def noisy(step):
+            if step["kind"] == "one_of":
+                return any(noisy(s) for s in step["steps"])
+            return "noise" in KINDS[step["kind"]].random
+        return any(noisy(s) for s in self.steps)
+
     def draw(self, rng: np.random.Generator) -> list[dict]:
         """One sample's degradation: the steps that happen, each with its values drawn."""
         drawn = []
