@@ -89,14 +89,22 @@ def read_image_sets(names: list[str], data_dir: Path) -> tuple[dict, list[str]]:
     return sets, problems
 
 
-def warn_if_not_shown(compare: str, sets: dict) -> None:
-    """``--compare NAME``: say at once when no set holds that image, rather than quietly making no figure after
-    the scoring (the default, butterfly, is in Set5 only)."""
+DEFAULT_COMPARE = "butterfly"  # the seed notebook's comparison image (Set5)
+
+
+def comparison_image(compare: str | None, sets: dict) -> str:
+    """The image shown side by side for every model. ``--compare NAME``: that image, with a warning at once when no
+    set holds it (rather than quietly making no figure after the scoring); not given: butterfly where a set holds
+    it, else the first image of the first set."""
     names = sorted({image.name for images in sets.values() for image in images})
+    if compare is None:
+        first = next((images[0].name for images in sets.values() if images), DEFAULT_COMPARE)
+        return DEFAULT_COMPARE if DEFAULT_COMPARE in names else first
     if compare not in names:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         print(f"warning: --compare {compare}: no image of that name in {', '.join(sets)} ({shown}); "
               f"no comparison figure")
+    return compare
 
 
 def run_cli(main: Callable[[], int]) -> None:

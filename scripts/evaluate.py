@@ -18,13 +18,13 @@ from pathlib import Path
 
 from deblur_exp.cli import (
     add_eval_options,
+    comparison_image,
     default_data_dir,
     default_output_dir,
     finish,
     make_output_dir,
     read_image_sets,
     run_cli,
-    warn_if_not_shown,
 )
 from deblur_exp.data.degrade import degradation_option, describe_degradation
 from deblur_exp.data.images import read_folder
@@ -47,7 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--degradation", help="score under this conf/degradation option instead of each model's own "
                                          "(e.g. a model trained on one degradation, tested on another)")
-    p.add_argument("--compare", default="butterfly", help="image for the side-by-side model figure")
+    p.add_argument("--compare", help="image shown side by side for every model (default: butterfly where a set "
+                   "holds it, else the first image)")
     p.add_argument("--no-figures", action="store_true", help="skip the per-image figures")
     return p.parse_args()
 
@@ -92,7 +93,7 @@ def main() -> int:
     if not any(sets.values()):
         raise DeblurError("nothing to score: give --sets that exist or --images with readable images")
     make_output_dir(out)
-    warn_if_not_shown(args.compare, sets)
+    args.compare = comparison_image(args.compare, sets)
     comparison = Comparison(out, sets, options, figures=not args.no_figures, compare=args.compare)
     compare_models(restorers, comparison, device)
     print((out / "summary.md").read_text())

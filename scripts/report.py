@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 from deblur_exp.cli import (
+    comparison_image,
     default_data_dir,
     default_output_dir,
     finish,
     make_output_dir,
     read_image_sets,
     run_cli,
-    warn_if_not_shown,
 )
 from deblur_exp.data.degrade import degradation_option
 from deblur_exp.errors import DeblurError
@@ -46,7 +46,8 @@ def parse_args() -> argparse.Namespace:
                                             "(default: outputs/reports/<date>_<time>)")
     p.add_argument("--sets", nargs="+", default=["Set5", "Set14"], help="folders under --data-dir (default: Set5 Set14)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
-    p.add_argument("--compare", default="butterfly", help="image shown side by side for every model (default butterfly)")
+    p.add_argument("--compare", help="image shown side by side for every model (default: butterfly where a set "
+                   "holds it, else the first image)")
     p.add_argument("--y-crop", type=int, default=3, help="pixels shaved per side for the Y-channel scores (default 3)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args()
@@ -66,7 +67,7 @@ def main() -> int:
     runs.sort(key=lambda r: r.recipe)
     out = args.out or default_output_dir("reports")
     make_output_dir(out)
-    warn_if_not_shown(args.compare, sets)
+    args.compare = comparison_image(args.compare, sets)
     baseline = score_runs(runs, sets, device, args.y_crop, args.compare)
     command = "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(write_report(out, runs, baseline, ReportRequest(list(sets), args.y_crop, args.compare, command)))

@@ -170,13 +170,19 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_work(traine
     assert result.stderr == f"error: --out: cannot create {tmp_path / 'file' / 'out'} (Not a directory)\n"
 
 
-def test_evaluate_says_at_once_when_the_compare_image_is_in_no_set(trained_run, tmp_path):
-    images = write_sharp_images(tmp_path / "mine", names=("alpha",))
+def test_evaluate_compares_on_an_image_it_has_and_says_at_once_when_the_one_asked_for_is_in_no_set(trained_run,
+                                                                                                    tmp_path):
+    images = write_sharp_images(tmp_path / "mine", names=("alpha", "beta"))
     out = tmp_path / "eval"
     result = run_script("evaluate.py", str(trained_run), "--sets", "--images", str(images), "--out", str(out),
-                        "--no-figures")  # --compare is butterfly by default, which only Set5 has
+                        "--no-figures")  # no butterfly here: the first image is compared instead, without a warning
+    assert result.returncode == 0 and "warning" not in result.stdout, result.stdout
+    assert [p.name for p in out.glob("compare_*.png")] == ["compare_alpha.png"]
+    out = tmp_path / "eval_asked"
+    result = run_script("evaluate.py", str(trained_run), "--sets", "--images", str(images), "--out", str(out),
+                        "--no-figures", "--compare", "butterfly")
     assert result.returncode == 0, result.stderr
-    warning = "warning: --compare butterfly: no image of that name in mine (alpha); no comparison figure"
+    warning = "warning: --compare butterfly: no image of that name in mine (alpha, beta); no comparison figure"
     assert warning in result.stdout
     assert result.stdout.index(warning) < result.stdout.index("| rank |")  # before the scoring, not after
     assert not list(out.glob("compare_*.png"))
