@@ -120,7 +120,7 @@ def test_default_run_beats_the_degraded_input(tmp_path):
 def test_help_shows_usage_and_the_groups_to_pick_from():
     result = run_script("train.py", "--help")
     assert result.returncode == 0, result.stderr
-    assert "model: deblurcnn, deblurcnn_res, deblursuperrescnn, dncnn, edsr, srcnn\n" in result.stdout
+    assert "model: deblurcnn, deblurcnn_res, deblursuperrescnn, dncnn, edsr, resunet, srcnn\n" in result.stdout
     assert "experiment: seed, seed_defaults, srcnn_x3\n" in result.stdout and "is powered by Hydra" not in result.stdout
     assert "schema:" not in result.stdout  # the typed schemas are not an option to pick
 
