@@ -92,14 +92,20 @@ def read_image_sets(names: list[str], data_dir: Path) -> tuple[dict, list[str]]:
 DEFAULT_COMPARE = "butterfly"  # the seed notebook's comparison image (Set5)
 
 
+def add_compare_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compare", help=f"image shown side by side for every model (default: {DEFAULT_COMPARE} "
+                                          f"where a set holds it, else the first image)")
+
+
 def comparison_image(compare: str | None, sets: dict) -> str:
     """The image shown side by side for every model. ``--compare NAME``: that image, with a warning at once when no
     set holds it (rather than quietly making no figure after the scoring); not given: butterfly where a set holds
     it, else the first image of the first set."""
     names = sorted({image.name for images in sets.values() for image in images})
     if compare is None:
-        first = next((images[0].name for images in sets.values() if images), DEFAULT_COMPARE)
-        return DEFAULT_COMPARE if DEFAULT_COMPARE in names else first
+        if DEFAULT_COMPARE in names:
+            return DEFAULT_COMPARE
+        return next((images[0].name for images in sets.values() if images), DEFAULT_COMPARE)
     if compare not in names:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         print(f"warning: --compare {compare}: no image of that name in {', '.join(sets)} ({shown}); "

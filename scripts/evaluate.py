@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from deblur_exp.cli import (
+    add_compare_option,
     add_eval_options,
     comparison_image,
     default_data_dir,
@@ -47,8 +48,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--degradation", help="score under this conf/degradation option instead of each model's own "
                                          "(e.g. a model trained on one degradation, tested on another)")
-    p.add_argument("--compare", help="image shown side by side for every model (default: butterfly where a set "
-                   "holds it, else the first image)")
+    add_compare_option(p)
     p.add_argument("--no-figures", action="store_true", help="skip the per-image figures")
     return p.parse_args()
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from deblur_exp.cli import (
+    add_compare_option,
     comparison_image,
     default_data_dir,
     default_output_dir,
@@ -46,8 +47,7 @@ def parse_args() -> argparse.Namespace:
                                             "(default: outputs/reports/<date>_<time>)")
     p.add_argument("--sets", nargs="+", default=["Set5", "Set14"], help="folders under --data-dir (default: Set5 Set14)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
-    p.add_argument("--compare", help="image shown side by side for every model (default: butterfly where a set "
-                   "holds it, else the first image)")
+    add_compare_option(p)
     p.add_argument("--y-crop", type=int, default=3, help="pixels shaved per side for the Y-channel scores (default 3)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args()

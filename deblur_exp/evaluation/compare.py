@@ -66,8 +66,8 @@ class Comparison:
     out: Path
     sets: dict[str, list[Image]]
     options: ScoringOptions
+    compare: str  # the image shown side by side for every model (cli.comparison_image)
     figures: bool = True  # a three-panel figure per model and image
-    compare: str = "butterfly"  # the image shown side by side for every model
     problems: list[str] = field(default_factory=list)  # images that could not be scored
 
 
