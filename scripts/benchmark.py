@@ -12,8 +12,8 @@
 5. whole-image inference on Set14 (images/s, peak memory), Set14 evaluation with torch vs scikit-image SSIM
    (images/s), and one 4000x3000 image, tiled (time, peak RSS);
 6. a busy CPU: the default model's training samples/s at the trainer's default batch and precision, quiet and with
-   one busy process per core started by the benchmark (torch's fixed thread count vs the loop's default, which
-   fits the threads to the load);
+   one busy process per core started by the benchmark, in three arrangements of sessions (torch's fixed thread
+   count vs the loop's default, which fits the threads to the load);
 7. the five-model experiment=seed sweep itself (on CUDA by default): the real `train.py -m` with the joblib
    launcher, all models side by side, for a
    few epochs or all 202 (`--sweep-epochs 202`); its measured wall time plus the remaining epochs at the
@@ -26,8 +26,10 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -223,10 +225,38 @@ def default_model() -> str:
     return next(entry["model"] for entry in defaults if isinstance(entry, DictConfig) and "model" in entry)
 
 
+# How the busy processes are started decides what Linux's autogroup scheduling (where enabled) gives this process:
+# it shares the CPU session by session first, then thread by thread within a session.
+BUSY_LOOP = "while True: pass"
+ARRANGEMENTS = {
+    "busy": "each busy process in a session of its own (other logins' or terminals' single-process jobs)",
+    "busy_one_job": "all busy processes in one other session (another login's multi-process job)",
+    "busy_same_session": "the busy processes in this process's session (jobs started from the same shell)",
+}
+
+
+def start_busy(arrangement: str, count: int) -> list[subprocess.Popen]:
+    """``count`` processes that keep a core busy each, started as ``arrangement`` says."""
+    if arrangement == "busy_one_job":  # one session, its leader forks the others
+        job = f"import os\nfor _ in range({count - 1}):\n    if os.fork() == 0:\n        break\n{BUSY_LOOP}"
+        return [subprocess.Popen([sys.executable, "-c", job], start_new_session=True)]
+    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], start_new_session=arrangement == "busy")
+            for _ in range(count)]
+
+
+def stop_busy(processes: list[subprocess.Popen], arrangement: str) -> None:
+    for process in processes:
+        if arrangement == "busy_one_job":
+            os.killpg(process.pid, signal.SIGKILL)  # the forked ones too: the session's process group
+        else:
+            process.kill()
+        process.wait()
+
+
 def bench_contention(name: str, steps: int) -> dict:
-    """Training samples/s on this CPU, quiet, then beside one busy process per core (started and stopped here):
-    with torch's thread count fixed at all cores, and with the training loop's default (trainer.num_threads=null),
-    which fits the threads to the load before every epoch."""
+    """Training samples/s on this CPU, quiet, then beside one busy process per core (started and stopped here) in
+    each of ``ARRANGEMENTS``: with torch's thread count fixed at all cores, and with the training loop's default
+    (trainer.num_threads=null), which fits the threads to the load before every epoch."""
     cpu, cores = torch.device("cpu"), cpu_cores()
     trainer = OmegaConf.load(REPO_ROOT / "conf" / "trainer" / "default.yaml")
     precision = resolve_precision(trainer.precision, cpu)
@@ -241,28 +271,22 @@ def bench_contention(name: str, steps: int) -> dict:
         return loop_samples_per_s(name, cpu, steps, trainer.batch_size, True, precision)
 
     result = {"model": name, "batch_size": trainer.batch_size, "precision": precision, "cores": cores,
-              "busy_processes": cores, "quiet_samples_per_s": measure()}
+              "busy_processes": cores, "arrangements": ARRANGEMENTS, "quiet_samples_per_s": measure()}
     result["quiet_threads"] = torch.get_num_threads()
-    # Another user's or another terminal's jobs run in a session of their own, which Linux's autogroup scheduling
-    # (where enabled) weighs as one against this one; busy processes started in this session compete thread by
-    # thread. Both are measured.
-    for session, prefix in ((True, "busy"), (False, "busy_same_session")):
-        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=session)
-                for _ in range(cores)]
+    result["quiet_one_thread_samples_per_s"] = measure(1)
+    for prefix in ARRANGEMENTS:
+        busy = start_busy(prefix, cores)
         try:
             time.sleep(1.0)
             result[f"{prefix}_fixed_threads_samples_per_s"] = measure(cores)
             result[f"{prefix}_default_samples_per_s"] = measure()
             result[f"{prefix}_default_threads"] = torch.get_num_threads()
         finally:
-            for process in busy:
-                process.kill()
-                process.wait()
+            stop_busy(busy, prefix)
             torch.set_num_threads(cores)
-        for policy in ("default", "fixed"):
-            measured = result[f"{prefix}_{policy}_samples_per_s" if policy == "default"
-                              else f"{prefix}_fixed_threads_samples_per_s"]
-            result[f"{prefix}_{policy}_vs_quiet"] = measured / result["quiet_samples_per_s"]
+        for policy, key in (("default", f"{prefix}_default_samples_per_s"),
+                            ("fixed", f"{prefix}_fixed_threads_samples_per_s")):
+            result[f"{prefix}_{policy}_vs_quiet"] = result[key] / result["quiet_samples_per_s"]
     result["autogroup"] = autogroup_enabled()
     return result
 
@@ -639,12 +663,17 @@ def summary_rows(report: dict) -> list[list[str]]:
 
 
 def contention_verdict(d: dict) -> str:
-    """The busy-CPU section in words: quiet, then busy processes in their own session and in this one."""
-    return (f"{d['model']}, quiet {d['quiet_samples_per_s']:.1f} ({d['quiet_threads']} threads); beside "
-            f"{d['busy_processes']} busy processes of another session: default {d['busy_default_samples_per_s']:.1f} "
-            f"({d['busy_default_threads']} threads) = {d['busy_default_vs_quiet']:.0%}, threads fixed at {d['cores']} "
-            f"{d['busy_fixed_vs_quiet']:.0%}; of this session: default {d['busy_same_session_default_vs_quiet']:.0%}, "
-            f"fixed {d['busy_same_session_fixed_vs_quiet']:.0%}")
+    """The busy-CPU section in words: quiet, then beside the busy processes in each arrangement."""
+    busy = "; ".join(f"{prefix.removeprefix('busy').strip('_').replace('_', ' ') or 'own sessions'}: default "
+                     f"{d[f'{prefix}_default_samples_per_s']:.1f} ({threads(d[f'{prefix}_default_threads'])}) = "
+                     f"{d[f'{prefix}_default_vs_quiet']:.0%}, fixed at {d['cores']} {d[f'{prefix}_fixed_vs_quiet']:.0%}"
+                     for prefix in ARRANGEMENTS if f"{prefix}_default_samples_per_s" in d)
+    return (f"{d['model']}, quiet {d['quiet_samples_per_s']:.1f} ({threads(d['quiet_threads'])}); beside "
+            f"{d['busy_processes']} busy processes in {busy}")
+
+
+def threads(count: int) -> str:
+    return f"{count} thread{'s' if count != 1 else ''}"
 
 
 SWEEP_GOAL = "goal: at most 8 min on one H100/H200, measured"
