@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -270,9 +271,11 @@ def cpu_cores() -> int:
 
 
 def runnable_elsewhere(samples: int = 10, interval_s: float = 0.02) -> float | None:
-    """How many other tasks want a CPU right now: the kernel's count of runnable tasks (/proc/stat procs_running),
-    averaged over a few samples, less this process's own thread asking (called between epochs, when only it runs).
-    None where /proc/stat is missing."""
+    """How many other tasks want a CPU right now, as competitors of this process: the kernel's count of runnable
+    tasks (/proc/stat procs_running), averaged over a few samples, less this process's own thread asking (called
+    between epochs, when only it runs). When that says busy, the runnable tasks are looked at one by one
+    (``competing_weight``), so that jobs started with ``nice`` count for what they take. None where /proc/stat is
+    missing."""
     counts = []
     for _ in range(samples):
         try:
@@ -281,7 +284,61 @@ def runnable_elsewhere(samples: int = 10, interval_s: float = 0.02) -> float | N
         except OSError:
             return None
         time.sleep(interval_s)
-    return max(0.0, sum(counts) / len(counts) - 1) if counts else None
+    if not counts:
+        return None
+    others = max(0.0, sum(counts) / len(counts) - 1)
+    if others < 0.5:
+        return others
+    weighed = [competing_weight() for _ in range(samples // 2)]
+    return sum(weighed) / len(weighed) if all(w is not None for w in weighed) else others
+
+
+# The kernel's CPU weight of a task by its nice value, -20..19 (kernel/sched/core.c, sched_prio_to_weight).
+NICE_WEIGHTS = [88761, 71755, 56483, 46273, 36291, 29154, 23254, 18705, 14949, 11916, 9548, 7620, 6100, 4904, 3906,
+                3121, 2501, 1991, 1586, 1277, 1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45,
+                36, 29, 23, 18, 15]
+
+
+def competing_weight(proc: Path = Path("/proc")) -> float | None:
+    """The runnable tasks of other processes, each counted as a share of what this process's thread gets against
+    it: a task of this process's scheduling group (its autogroup, i.e. its session, where Linux groups them; all
+    tasks where it does not) weighs its nice weight over ours, so ``nice -n 19`` jobs started from the same shell
+    count 0.015 each; a task of another group counts 1 (the group's share does not depend on its tasks' nice).
+    None where /proc cannot be read."""
+    own_group, own_nice = autogroup(proc, "self"), os.getpriority(os.PRIO_PROCESS, 0)
+    total, own = 0.0, str(os.getpid())
+    for process in proc.iterdir():
+        if not process.name.isdigit() or process.name == own:
+            continue
+        try:
+            states = [task_state(task) for task in (process / "task").iterdir()]
+            group = autogroup(proc, process.name)
+        except OSError:  # gone meanwhile
+            continue
+        for state, nice in states:
+            if state != "R":
+                continue
+            same_group = group == own_group
+            total += NICE_WEIGHTS[nice + 20] / NICE_WEIGHTS[own_nice + 20] if same_group else 1.0
+    return total
+
+
+def task_state(task: Path) -> tuple[str, int]:
+    """A task's scheduling state (R: runnable) and nice value, from /proc/PID/task/TID/stat."""
+    stat = (task / "stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    return fields[0], int(fields[16])
+
+
+def autogroup(proc: Path, pid: str) -> str:
+    """The scheduling group Linux's autogroup put a process in ("/autogroup-12"), or "" where autogroup is off or
+    absent (then every task competes with every other)."""
+    try:
+        if (proc / "sys" / "kernel" / "sched_autogroup_enabled").read_text().strip() != "1":
+            return ""
+        return (proc / pid / "autogroup").read_text().split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def threads_for_load(cores: int, others: float) -> int:

@@ -232,6 +232,7 @@ ARRANGEMENTS = {
     "busy": "each busy process in a session of its own (other logins' or terminals' single-process jobs)",
     "busy_one_job": "all busy processes in one other session (another login's multi-process job)",
     "busy_same_session": "the busy processes in this process's session (jobs started from the same shell)",
+    "busy_niced": "the busy processes in this process's session, started with nice -n 19 (jobs that can wait)",
 }
 
 
@@ -240,7 +241,8 @@ def start_busy(arrangement: str, count: int) -> list[subprocess.Popen]:
     if arrangement == "busy_one_job":  # one session, its leader forks the others
         job = f"import os\nfor _ in range({count - 1}):\n    if os.fork() == 0:\n        break\n{BUSY_LOOP}"
         return [subprocess.Popen([sys.executable, "-c", job], start_new_session=True)]
-    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], start_new_session=arrangement == "busy")
+    loop = f"import os\nos.nice(19)\n{BUSY_LOOP}" if arrangement == "busy_niced" else BUSY_LOOP
+    return [subprocess.Popen([sys.executable, "-c", loop], start_new_session=arrangement == "busy")
             for _ in range(count)]
 
 

@@ -160,7 +160,7 @@ def test_busy_cpu_section_measures_quiet_and_busy_and_stops_its_busy_processes(t
     assert result.returncode == 0, result.stderr
     busy = json.loads(report_path.read_text())["contention"]
     assert busy["model"] == "srcnn" and busy["busy_processes"] == busy["cores"] >= 1
-    for prefix in ("busy", "busy_one_job", "busy_same_session"):
+    for prefix in ("busy", "busy_one_job", "busy_same_session", "busy_niced"):
         assert busy[f"{prefix}_fixed_threads_samples_per_s"] > 0 and busy[f"{prefix}_default_samples_per_s"] > 0
         assert 1 <= busy[f"{prefix}_default_threads"] <= busy["cores"]
         assert busy[f"{prefix}_default_vs_quiet"] == busy[f"{prefix}_default_samples_per_s"] / busy[

@@ -542,6 +542,62 @@ def test_cpu_threads_leave_the_cores_other_processes_hold(others, threads):
     assert threads_for_load(16, others) == max(1, round(16 - others))
 
 
+def fake_task(proc, pid: int, state: str, nice: int, group: str) -> None:
+    """A process of one task in a stand-in /proc: its stat line (as the kernel writes it) and its autogroup."""
+    task = proc / str(pid) / "task" / str(pid)
+    task.mkdir(parents=True)
+    fields = [state, "1", str(pid), str(pid), "0", "-1", "4194560", *["0"] * 9, str(nice), "1"]
+    (task / "stat").write_text(f"{pid} (a (busy) job) {' '.join(fields)}\n")
+    (proc / str(pid) / "autogroup").write_text(f"{group} nice 0\n")
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_runnable_tasks_count_by_what_they_take_from_this_process(tmp_path, grouped):
+    """A runnable task of this process's autogroup counts its nice weight over ours; one of another group counts 1
+    (its group's share does not depend on its nice); sleeping tasks count nothing. Autogroup off: all by weight."""
+    import os
+
+    from deblur_exp.runtime import NICE_WEIGHTS, competing_weight
+
+    proc = tmp_path / "proc"
+    (proc / "sys" / "kernel").mkdir(parents=True)
+    (proc / "sys" / "kernel" / "sched_autogroup_enabled").write_text("1\n" if grouped else "0\n")
+    (proc / "self").mkdir()
+    (proc / "self" / "autogroup").write_text("/autogroup-7 nice 0\n")
+    fake_task(proc, 100, "R", 19, "/autogroup-7")  # a niced job of this session
+    fake_task(proc, 101, "R", 0, "/autogroup-7")  # a plain job of this session
+    fake_task(proc, 200, "R", 19, "/autogroup-9")  # a niced job of another session
+    fake_task(proc, 300, "S", 0, "/autogroup-7")  # asleep
+    ours = NICE_WEIGHTS[os.getpriority(os.PRIO_PROCESS, 0) + 20]
+    other_session = 1.0 if grouped else NICE_WEIGHTS[39] / ours
+    assert competing_weight(proc) == pytest.approx(NICE_WEIGHTS[39] / ours + NICE_WEIGHTS[20] / ours + other_session)
+
+
+def test_niced_jobs_of_this_session_leave_the_run_its_cores():
+    """Two real `nice -n 19` busy processes started from this session: the load seen is a few hundredths of a task,
+    so a 2-core run keeps both threads; the same processes un-niced count two tasks."""
+    import subprocess
+    import sys
+    import time
+
+    from deblur_exp.runtime import runnable_elsewhere, threads_for_load
+
+    def load_beside(nice: int) -> float:
+        busy = [subprocess.Popen([sys.executable, "-c", f"import os\nos.nice({nice})\nwhile True: pass"])
+                for _ in range(2)]
+        try:
+            time.sleep(0.5)
+            return runnable_elsewhere()
+        finally:
+            for process in busy:
+                process.kill()
+                process.wait()
+
+    niced, plain = load_beside(19), load_beside(0)
+    assert niced < 0.5 and threads_for_load(2, niced) == 2
+    assert plain >= 1.5 and threads_for_load(2, plain) == 1
+
+
 def test_a_run_on_a_busy_cpu_trains_with_fewer_threads_and_says_so(make_cfg, tmp_path, monkeypatch, caplog):
     """trainer.num_threads=null: the run starts from all its cores and drops to the free ones while other processes
     are runnable, checked before every epoch."""
