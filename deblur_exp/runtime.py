@@ -274,7 +274,7 @@ def runnable_elsewhere(samples: int = 10, interval_s: float = 0.02) -> float | N
     """How many other tasks want a CPU right now, as competitors of this process: the kernel's count of runnable
     tasks (/proc/stat procs_running), averaged over a few samples, less this process's own thread asking (called
     between epochs, when only it runs). When that says busy, the runnable tasks are looked at one by one
-    (``competing_weight``), so that jobs started with ``nice`` count for what they take. None where /proc/stat is
+    (``niced_discount``), so that jobs started with ``nice`` count for what they take. None where /proc/stat is
     missing."""
     counts = []
     for _ in range(samples):
@@ -289,8 +289,8 @@ def runnable_elsewhere(samples: int = 10, interval_s: float = 0.02) -> float | N
     others = max(0.0, sum(counts) / len(counts) - 1)
     if others < 0.5:
         return others
-    weighed = [competing_weight() for _ in range(samples // 2)]
-    return sum(weighed) / len(weighed) if all(w is not None for w in weighed) else others
+    discounts = [niced_discount() for _ in range(samples // 2)]
+    return max(0.0, others - sum(discounts) / len(discounts))
 
 
 # The kernel's CPU weight of a task by its nice value, -20..19 (kernel/sched/core.c, sched_prio_to_weight).
@@ -299,28 +299,26 @@ NICE_WEIGHTS = [88761, 71755, 56483, 46273, 36291, 29154, 23254, 18705, 14949, 1
                 36, 29, 23, 18, 15]
 
 
-def competing_weight(proc: Path = Path("/proc")) -> float | None:
-    """The runnable tasks of other processes, each counted as a share of what this process's thread gets against
-    it: a task of this process's scheduling group (its autogroup, i.e. its session, where Linux groups them; all
-    tasks where it does not) weighs its nice weight over ours, so ``nice -n 19`` jobs started from the same shell
-    count 0.015 each; a task of another group counts 1 (the group's share does not depend on its tasks' nice).
-    None where /proc cannot be read."""
-    own_group, own_nice = autogroup(proc, "self"), os.getpriority(os.PRIO_PROCESS, 0)
-    total, own = 0.0, str(os.getpid())
+def niced_discount(proc: Path = Path("/proc")) -> float:
+    """How much less than one task each the runnable tasks of other processes take from this process's thread,
+    summed: a task of this process's scheduling group (its autogroup, i.e. its session, where Linux groups them;
+    every task where it does not) gets CPU by its nice weight, so a ``nice -n 19`` job started from the same shell
+    takes 0.015 of what an equal one would, and is discounted by 0.985. A task of another group is not discounted:
+    its group's share does not depend on the nice values inside it. Tasks that cannot be read (another user's,
+    under hidepid) are not discounted either."""
+    own_group, own_weight = autogroup(proc, "self"), NICE_WEIGHTS[os.getpriority(os.PRIO_PROCESS, 0) + 20]
+    discount, own = 0.0, str(os.getpid())
     for process in proc.iterdir():
         if not process.name.isdigit() or process.name == own:
             continue
         try:
             states = [task_state(task) for task in (process / "task").iterdir()]
-            group = autogroup(proc, process.name)
-        except OSError:  # gone meanwhile
+        except OSError:  # gone meanwhile, or hidden
             continue
-        for state, nice in states:
-            if state != "R":
-                continue
-            same_group = group == own_group
-            total += NICE_WEIGHTS[nice + 20] / NICE_WEIGHTS[own_nice + 20] if same_group else 1.0
-    return total
+        if autogroup(proc, process.name) != own_group:
+            continue
+        discount += sum(1 - NICE_WEIGHTS[nice + 20] / own_weight for state, nice in states if state == "R")
+    return discount
 
 
 def task_state(task: Path) -> tuple[str, int]:

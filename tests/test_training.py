@@ -553,11 +553,12 @@ def fake_task(proc, pid: int, state: str, nice: int, group: str) -> None:
 
 @pytest.mark.parametrize("grouped", [True, False])
 def test_runnable_tasks_count_by_what_they_take_from_this_process(tmp_path, grouped):
-    """A runnable task of this process's autogroup counts its nice weight over ours; one of another group counts 1
-    (its group's share does not depend on its nice); sleeping tasks count nothing. Autogroup off: all by weight."""
+    """A runnable task of this process's autogroup takes its nice weight over ours of what an equal task would, and
+    is discounted by the rest; one of another group is not (its group's share does not depend on its nice), nor is a
+    sleeping task. Autogroup off: every task by its weight."""
     import os
 
-    from deblur_exp.runtime import NICE_WEIGHTS, competing_weight
+    from deblur_exp.runtime import NICE_WEIGHTS, niced_discount
 
     proc = tmp_path / "proc"
     (proc / "sys" / "kernel").mkdir(parents=True)
@@ -567,10 +568,11 @@ def test_runnable_tasks_count_by_what_they_take_from_this_process(tmp_path, grou
     fake_task(proc, 100, "R", 19, "/autogroup-7")  # a niced job of this session
     fake_task(proc, 101, "R", 0, "/autogroup-7")  # a plain job of this session
     fake_task(proc, 200, "R", 19, "/autogroup-9")  # a niced job of another session
-    fake_task(proc, 300, "S", 0, "/autogroup-7")  # asleep
+    fake_task(proc, 300, "S", 19, "/autogroup-7")  # asleep
+    (proc / "400").mkdir()  # a process whose tasks cannot be read (hidepid, or gone): it keeps counting one
     ours = NICE_WEIGHTS[os.getpriority(os.PRIO_PROCESS, 0) + 20]
-    other_session = 1.0 if grouped else NICE_WEIGHTS[39] / ours
-    assert competing_weight(proc) == pytest.approx(NICE_WEIGHTS[39] / ours + NICE_WEIGHTS[20] / ours + other_session)
+    niced, plain = 1 - NICE_WEIGHTS[39] / ours, 1 - NICE_WEIGHTS[20] / ours
+    assert niced_discount(proc) == pytest.approx(niced + plain + (0.0 if grouped else niced))
 
 
 def test_niced_jobs_of_this_session_leave_the_run_its_cores():
