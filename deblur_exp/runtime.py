@@ -306,16 +306,18 @@ def niced_discount(proc: Path = Path("/proc")) -> float:
     takes 0.015 of what an equal one would, and is discounted by 0.985. A task of another group is not discounted:
     its group's share does not depend on the nice values inside it. Tasks that cannot be read (another user's,
     under hidepid) are not discounted either."""
-    own_group, own_weight = autogroup(proc, "self"), NICE_WEIGHTS[os.getpriority(os.PRIO_PROCESS, 0) + 20]
+    grouped = autogroup_enabled(proc)
+    own_group = autogroup(proc, "self") if grouped else ""
+    own_weight = NICE_WEIGHTS[os.getpriority(os.PRIO_PROCESS, 0) + 20]
     discount, own = 0.0, str(os.getpid())
     for process in proc.iterdir():
         if not process.name.isdigit() or process.name == own:
             continue
+        if grouped and autogroup(proc, process.name) != own_group:
+            continue
         try:
             states = [task_state(task) for task in (process / "task").iterdir()]
         except OSError:  # gone meanwhile, or hidden
-            continue
-        if autogroup(proc, process.name) != own_group:
             continue
         discount += sum(1 - NICE_WEIGHTS[nice + 20] / own_weight for state, nice in states if state == "R")
     return discount
@@ -328,12 +330,18 @@ def task_state(task: Path) -> tuple[str, int]:
     return fields[0], int(fields[16])
 
 
-def autogroup(proc: Path, pid: str) -> str:
-    """The scheduling group Linux's autogroup put a process in ("/autogroup-12"), or "" where autogroup is off or
-    absent (then every task competes with every other)."""
+def autogroup_enabled(proc: Path = Path("/proc")) -> bool | None:
+    """Whether the kernel schedules each session as one group (CONFIG_SCHED_AUTOGROUP, switched on); None where
+    it cannot tell."""
     try:
-        if (proc / "sys" / "kernel" / "sched_autogroup_enabled").read_text().strip() != "1":
-            return ""
+        return (proc / "sys" / "kernel" / "sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+def autogroup(proc: Path, pid: str) -> str:
+    """The scheduling group Linux's autogroup put a process in ("/autogroup-12"); "" where it cannot be read."""
+    try:
         return (proc / pid / "autogroup").read_text().split()[0]
     except (OSError, IndexError):
         return ""

@@ -55,6 +55,7 @@ from deblur_exp.runtime import (
     PRECISIONS,
     TimeBudget,
     autocast_for,
+    autogroup_enabled,
     cpu_cores,
     fit_threads_to_load,
     resolve_device,
@@ -291,14 +292,6 @@ def bench_contention(name: str, steps: int) -> dict:
             result[f"{prefix}_{policy}_vs_quiet"] = result[key] / result["quiet_samples_per_s"]
     result["autogroup"] = autogroup_enabled()
     return result
-
-
-def autogroup_enabled() -> bool | None:
-    """Whether the kernel schedules each session as one group (CONFIG_SCHED_AUTOGROUP, switched on)."""
-    try:
-        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------- degradation steps

@@ -12,6 +12,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from split_probe import random_batches  # this folder's
 
 from deblur_exp.models import build_model
 from deblur_exp.runtime import autocast_for
@@ -26,9 +27,7 @@ def main() -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
     autocast = autocast_for("bf16", torch.device("cpu"))
-    batches = [(torch.rand(per_process, 3, 35, 35).contiguous(memory_format=torch.channels_last),
-                torch.rand(per_process, 3, 35, 35).contiguous(memory_format=torch.channels_last))
-               for _ in range(steps + 3)]
+    batches = random_batches(steps + 3, per_process)
 
     def step(degraded, sharp):
         with autocast():

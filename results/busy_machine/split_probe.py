@@ -226,14 +226,19 @@ def serve(conn, model: torch.nn.Module, optimizer_kind: tuple, loss: str, precis
 BUSY_LOOP = "while True: pass"
 
 
+def random_batches(count: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` (degraded, sharp) batches of ``size`` random 35x35 patches, channels_last like training's."""
+    return [tuple(torch.rand(size, 3, 35, 35).contiguous(memory_format=torch.channels_last) for _ in range(2))
+            for _ in range(count)]
+
+
 def samples_per_s(split: int, steps: int) -> float:
     """One thread (``split`` 1) or the batch split over ``split`` one-thread processes."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = build_model("deblurcnn_res", dropout=0.0).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-    batches = [(torch.rand(4, 3, 35, 35).contiguous(memory_format=torch.channels_last),
-                torch.rand(4, 3, 35, 35).contiguous(memory_format=torch.channels_last)) for _ in range(steps + 3)]
+    batches = random_batches(steps + 3, 4)
     autocast = autocast_for("bf16", torch.device("cpu"))
 
     def one_thread(degraded, sharp):
