@@ -576,27 +576,33 @@ def test_runnable_tasks_count_by_what_they_take_from_this_process(tmp_path, grou
 
 
 def test_niced_jobs_of_this_session_leave_the_run_its_cores():
-    """Two real `nice -n 19` busy processes started from this session: the load seen is a few hundredths of a task,
-    so a 2-core run keeps both threads; the same processes un-niced count two tasks."""
+    """Two real `nice -n 19` busy processes started from this session: the load seen is what their nice weight
+    takes from this process (a few hundredths of a task at nice 0), so a 2-core run keeps both threads; the same
+    processes at this process's own nice count two tasks."""
+    import os
     import subprocess
     import sys
-    import time
 
-    from deblur_exp.runtime import runnable_elsewhere, threads_for_load
+    from deblur_exp.runtime import NICE_WEIGHTS, runnable_elsewhere, threads_for_load
 
     def load_beside(nice: int) -> float:
-        busy = [subprocess.Popen([sys.executable, "-c", f"import os\nos.nice({nice})\nwhile True: pass"])
-                for _ in range(2)]
+        # -S: no site import, so the busy loop starts at once; the child says when it is niced and spinning.
+        script = f"import os, sys\nos.nice({nice})\nprint(flush=True)\nwhile True: pass"
+        busy = [subprocess.Popen([sys.executable, "-S", "-c", script], stdout=subprocess.PIPE) for _ in range(2)]
         try:
-            time.sleep(0.5)
+            for process in busy:
+                process.stdout.readline()
             return runnable_elsewhere()
         finally:
             for process in busy:
                 process.kill()
                 process.wait()
 
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    niced_share = 2 * NICE_WEIGHTS[39] / NICE_WEIGHTS[own_nice + 20]  # 0.03 at nice 0
     niced, plain = load_beside(19), load_beside(0)
-    assert niced < 0.5 and threads_for_load(2, niced) == 2
+    assert niced == pytest.approx(niced_share, abs=0.4)
+    assert threads_for_load(2, niced) == threads_for_load(2, niced_share)
     assert plain >= 1.5 and threads_for_load(2, plain) == 1
 
 
