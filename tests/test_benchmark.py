@@ -43,8 +43,8 @@ SWEEP_TINY = ["data=sample", "data.images=[chelsea,coffee]", "data.val_images=[c
 def run_sweep_section(tmp_path, *overrides, launcher="joblib", epochs=2):
     report_path = tmp_path / "bench.json"
     result = run_script("benchmark.py", "--models", "srcnn", "edsr", "--device", "cpu", "--skip", "data", "training",
-                        "patches", "inference", "large", "contention", "degradation", "--sweep-epochs", str(epochs),
-                        "--sweep-launcher", launcher, "--sweep-overrides", *SWEEP_TINY,
+                        "patches", "inference", "scoring", "large", "contention", "degradation",
+                        "--sweep-epochs", str(epochs), "--sweep-launcher", launcher, "--sweep-overrides", *SWEEP_TINY,
                         *overrides, "--json", str(report_path), env={"DEBLUR_OUTPUT_DIR": str(tmp_path / "out")})
     assert result.returncode == 0, result.stderr
     return json.loads(report_path.read_text())["seed_sweep"], result.stdout
