@@ -29,3 +29,10 @@ def tracked(items: Iterable[Item], desc: str, total: int, unit: str = "item") ->
         yield item
         if done in marks:
             log.info("%s: %d/%d %ss", desc, done, total, unit)
+
+
+def log_scored(label: str, done: int, total: int, psnr: dict[str, float]) -> None:
+    """A line per model scored, on a terminal and in a log alike: scoring a model on whole images takes seconds to
+    minutes, and the line says how far a comparison got and what each model scored on the way."""
+    scores = ", ".join(f"{name} {value:.2f} dB" for name, value in psnr.items())
+    log.info("scored %s (%d/%d): PSNR %s", label, done, total, scores)

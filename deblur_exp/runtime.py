@@ -261,7 +261,8 @@ def describe_device(device: torch.device | None) -> str:
     """What trained the run, for tables: the GPU's name, else the CPU with its thread count."""
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
 
 
 # ------------------------------------------------------------------------------------- CPU threads on a busy machine

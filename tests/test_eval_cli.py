@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -65,6 +66,10 @@ def test_evaluate_script_writes_tables_and_figures(trained_run, tmp_path):
     degraded_mean = np.mean([float(r["psnr_degraded"]) for r in read_rows(out / summary[0]["model"] / "mine.csv")])
     assert "| rank | model |" in table and f"| - | degraded input | - | {degraded_mean:.2f} |" in table
     assert (out / "compare_butterfly.png").is_file()
+    # a line per model as it is scored, in a log as on a terminal, with the score the table holds
+    scored = re.findall(r"scored (\S+) \(([12])/2\): PSNR mine ([0-9.]+) dB", result.stderr)
+    assert sorted(done for _, done, _ in scored) == ["1", "2"]
+    assert {model: psnr for model, _, psnr in scored} == {r["model"]: f"{float(r['mean_psnr']):.2f}" for r in summary}
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -54,6 +55,9 @@ def test_report_tables_figures_and_scores_agree_with_the_runs(tiny_sweep, tmp_pa
         assert (job / "curves.png").stat().st_size > 0  # every run draws its own curves when it ends
         during = [(r["epoch"], r["set"]) for r in load_run(job).during]  # what the report's curves.png draws
         assert during == [("2", "Set5"), ("2", "held_out")]
+        # a line per run as it is scored, in a log as on a terminal, with the score the table holds
+        scored = rf"scored {re.escape(job.name)} \([12]/2\): PSNR Set5 RGB {float(row['Set5_rgb_psnr']):.2f} dB"
+        assert re.search(scored, result.stderr)
 
     # The degraded-input row, in the SR protocol, computed here independently
     images, _ = read_folder(set5)
@@ -158,3 +162,18 @@ def test_one_sweep_over_models_is_one_recipe_with_one_degraded_line(tmp_path):
     runs[1] = SimpleNamespace(recipe="defaults: other", summary={"val_psnr_degraded": 24.71})
     assert degraded_baselines(runs) == {f"degraded input ({runs[0].recipe})": 26.55,
                                         "degraded input (defaults: other)": 24.71}
+
+
+def test_a_run_cut_by_its_time_budget_shows_the_share_of_an_epoch_it_ran(tmp_path):
+    """The training table's epochs column, like the sweep table's: 0.291 epochs, not 1, for a run that
+    trainer.max_time stopped inside its first epoch."""
+    from types import SimpleNamespace
+
+    from deblur_exp.evaluation.report import training_table
+
+    summary = {"parameters": 292355, "epochs": 1, "epochs_done": 0.291, "stopped_by": "max_time",
+               "train_time_s": 31.9, "device": "cpu (1 thread)", "best_val_psnr": 27.05, "val_psnr_degraded": 24.71}
+    table = training_table([SimpleNamespace(recipe="defaults", arch="deblurcnn_res", summary=summary)])
+    assert "| defaults | deblurcnn_res | 292,355 | 0.291 | max_time | 0.5 min | cpu (1 thread) | 27.05 |" in table
+    whole = {**summary, "epochs": 2, "epochs_done": 2, "stopped_by": "epochs"}
+    assert "| 292,355 | 2 | epochs |" in training_table([SimpleNamespace(recipe="d", arch="edsr", summary=whole)])

@@ -28,6 +28,7 @@ from deblur_exp.evaluation.scoring import (
 )
 from deblur_exp.metrics import IMAGE_METRICS, psnr
 from deblur_exp.models import count_parameters
+from deblur_exp.progress import log_scored
 from deblur_exp.tables import markdown_table, table_cell, write_csv, write_text
 
 
@@ -74,8 +75,9 @@ class Comparison:
 def compare_models(restorers: list[Restorer], comparison: Comparison, device) -> list[dict]:
     """Score every model on every set; write the tables and figures; returns the summary rows, best first."""
     summary, shown = [], {}
-    for restorer in restorers:
+    for done, restorer in enumerate(restorers, start=1):
         summary.append(score_model(restorer, comparison, device, shown))
+        log_scored(restorer.label, done, len(restorers), {s: summary[-1][f"{s}_psnr"] for s in comparison.sets})
     summary.sort(key=lambda r: -r["mean_psnr"] if np.isfinite(r["mean_psnr"]) else np.inf)
     write_summary(comparison.out, summary, list(comparison.sets))
     if "sharp" in shown:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
 from deblur_exp.data.degrade import DegradationConfig, degrade, sharp_for
 from deblur_exp.data.images import Image
@@ -26,9 +25,9 @@ from deblur_exp.evaluation.figures import detail_box, learning_curves, zoomed_co
 from deblur_exp.evaluation.restore import restore_image
 from deblur_exp.evaluation.scoring import Restorer, load_restorer, score_pair
 from deblur_exp.metrics import IMAGE_METRICS
-from deblur_exp.progress import bar_off
+from deblur_exp.progress import log_scored
 from deblur_exp.runs.run_dir import RunDir, run_checkpoint
-from deblur_exp.tables import markdown_table, read_csv, write_csv, write_text
+from deblur_exp.tables import markdown_table, read_csv, table_cell, write_csv, write_text
 
 # What the seed notebook reported for its five models (202 epochs, experiment=seed). Its validation PSNR is the
 # PSNR of each batch's MSE, averaged over batches; ours is the mean of per-patch PSNR (a little lower on the
@@ -110,8 +109,8 @@ def load_run(folder: Path) -> RunResult:
                      during=during)
 
 
-def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_crop: int, compare: str,
-               progress: bool = True) -> dict[str, dict[str, float]]:
+def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_crop: int, compare: str
+               ) -> dict[str, dict[str, float]]:
     """Fill each run's scores; returns the degraded input's scores (the same for every run whose degradation
     is the same; the runs of one report must share it, or the baseline row would mislead)."""
     baseline: dict[str, dict[str, float]] = {}
@@ -119,7 +118,7 @@ def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_cr
     if len(degradations) > 1:
         raise DeblurError("the runs use different degradations; report them separately (one report per "
                           "degradation, so the degraded-input row holds for every run)")
-    for run in tqdm(runs, desc="scoring runs", unit="run", disable=bar_off(progress)):
+    for done, run in enumerate(runs, start=1):
         restorer = run.restorer
         restorer.model.to(device)
         protocols = protocol_options(restorer, y_crop)
@@ -144,6 +143,9 @@ def score_runs(runs: list[RunResult], sets: dict[str, list[Image]], device, y_cr
                 means = {k: float(np.mean([r[k] for r in scored])) for k in scored[0]}
                 run.scores[f"{set_name}_{protocol}"] = {m: means[f"{m}_restored"] for m in IMAGE_METRICS}
                 baseline.setdefault(f"{set_name}_{protocol}", {m: means[f"{m}_degraded"] for m in IMAGE_METRICS})
+        shown = next(iter(protocols))  # RGB, or Y for a luma-only run
+        psnr = {f"{s} {shown.upper()}": run.scores[f"{s}_{shown}"]["psnr"] for s in sets}
+        log_scored(run.folder.name, done, len(runs), psnr)
     return baseline
 
 
@@ -172,7 +174,8 @@ def training_table(runs: list[RunResult]) -> str:
     rows = []
     for run in runs:
         s = run.summary
-        rows.append([run.recipe, run.arch, f"{s['parameters']:,}", s["epochs"], s.get("stopped_by", "epochs"),
+        epochs = table_cell("epochs", s.get("epochs_done", s["epochs"]))
+        rows.append([run.recipe, run.arch, f"{s['parameters']:,}", epochs, s.get("stopped_by", "epochs"),
                      f"{s['train_time_s'] / 60:.1f} min", s.get("device", "-"), _num(s["best_val_psnr"]),
                      _num(s.get("val_psnr_degraded")), SEED_REPORTED.get(run.arch, {}).get("val", "-")])
     return markdown_table(header, rows)
