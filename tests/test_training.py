@@ -11,7 +11,7 @@ from deblur_exp.runs.checkpoint import load_checkpoint
 from deblur_exp.runtime import TrainingInterrupted
 from deblur_exp.training.loop import train
 from deblur_exp.training.tracking import METRIC_FIELDS
-from tests.conftest import TINY, dataset, interrupt_after_epoch
+from tests.conftest import TINY, dataset, interrupt_after_epoch, write_sharp_images
 
 
 def read_metrics(run_dir):
@@ -376,6 +376,7 @@ def test_max_time_stops_after_the_step_in_flight_then_saves_and_evaluates(make_c
     assert summary["stopped_by"] == "max_time" and summary["max_time_s"] == pytest.approx(0.001)
     assert summary["eval"]["held_out"]["images"] == 1  # the held-out image is still scored after the stop
     assert summary["epochs"] == 1 and summary["epochs_done"] == 0.5  # one step of two
+    assert "and 0.5 epoch(s): training stops here" in caplog.text
 
 
 def test_the_closing_lines_say_above_or_below_the_input():
@@ -656,3 +657,17 @@ def test_a_run_resumed_before_its_first_validation_has_no_best_score_yet(make_cf
         train(make_cfg([*TINY, f"resume={run_dir}"], run_dir))
     (resumed,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
     assert "step 1 of epoch 1" in resumed and "inf" not in resumed
+
+
+def test_the_held_out_images_are_read_alone(make_cfg, tmp_path, caplog):
+    """For scoring after training, data.split=image reads back only the whole images it held out (9 of T91's
+    91), not the whole folder: an unreadable training file is not met again."""
+    from deblur_exp.training.loop import load_held_out
+
+    folder = write_sharp_images(tmp_path / "images", names=("alpha", "beta", "gamma"))
+    (folder / "broken.png").write_bytes(b"not a png")
+    cfg = make_cfg(["data=folder", f"data.root={folder}", "data.split=image"])
+    with caplog.at_level(logging.WARNING, logger="deblur_exp"):
+        held_out = load_held_out(cfg, ["beta"])
+    assert [image.name for image in held_out] == ["beta"] and "broken.png" not in caplog.text
+    assert held_out[0].rgb.shape == (40, 56, 3)

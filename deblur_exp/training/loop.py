@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -163,7 +163,8 @@ def load_held_out(cfg: DictConfig, held_out: list[str]) -> list:
     """The whole images that data.split=image held out of training, when eval scores them (else none)."""
     if not (held_out and cfg.eval.held_out and (cfg.eval.enabled or cfg.eval.every)):
         return []
-    return [image for image in image_source(OmegaConf.to_object(cfg.data)).load(1) if image.name in held_out]
+    data = replace(OmegaConf.to_object(cfg.data), images=held_out)  # read those images alone
+    return image_source(data).load(1)
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -267,8 +268,8 @@ def run_epochs(state: RunState) -> str:
     with state.stop.installed() if dist.world == 1 else contextlib.nullcontext():  # DDP: torchrun owns signals
         for epoch in range(state.progress.epoch + 1, trainer.epochs + 1):
             if dist.any_rank(state.budget.expired()):
-                log.info("trainer.max_time=%s reached after %.1f s and %d epochs: training stops here",
-                         trainer.max_time, state.budget.spent(), epoch - 1)
+                log.info("trainer.max_time=%s reached after %.1f s and %g epoch(s): training stops here",
+                         trainer.max_time, state.budget.spent(), state.progress.epochs_done(epoch - 1))
                 return "max_time"
             if adapts_threads(trainer, state.device, dist):
                 report_threads()

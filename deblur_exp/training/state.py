@@ -19,12 +19,17 @@ from deblur_exp.runtime import Distributed, StopFlag, TimeBudget
 class Progress:
     """Where the run stands; saved in every checkpoint and restored on resume."""
 
-    epoch: int = 0  # epochs finished
+    epoch: int = 0  # epochs finished before this process started (a resumed checkpoint's)
     best_psnr: float = -math.inf
     best_epoch: int = 0
     partial: dict | None = None  # a mid-epoch interruption's place in its epoch
     spent: float = 0.0  # seconds of trainer.max_time used before this process
     cut_at: float | None = None  # the share of its steps the last epoch ran when trainer.max_time cut it
+
+    def epochs_done(self, epochs: int) -> float:
+        """The epochs' worth of steps in ``epochs`` epochs run: a last epoch cut by trainer.max_time counts as the
+        share it ran."""
+        return round(epochs - 1 + self.cut_at, 3) if self.cut_at and epochs else epochs
 
 
 @dataclass

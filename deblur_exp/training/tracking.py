@@ -93,9 +93,7 @@ def write_run_summary(state: RunState, eval_summary: dict, stopped_by: str = "ep
         "model": cfg.model.name, "parameters": count_parameters(state.model), "best_val_psnr": state.progress.best_psnr,
         "best_epoch": state.progress.best_epoch,
         "epochs": len(rows),
-        # the epochs' worth of steps: a last epoch cut by trainer.max_time counts as the share it ran
-        "epochs_done": round(len(rows) - 1 + state.progress.cut_at, 3) if state.progress.cut_at and rows
-        else len(rows),
+        "epochs_done": state.progress.epochs_done(len(rows)),
         "train_time_s": round(sum(float(r["epoch_time_s"]) for r in rows), 2),
         "samples_per_s": round(float(np.mean([float(r["samples_per_s"]) for r in rows])), 1) if rows else 0.0,
         "val_psnr_degraded": float(rows[-1]["val_psnr_degraded"]) if rows else None,
