@@ -601,7 +601,8 @@ def test_niced_jobs_of_this_session_leave_the_run_its_cores():
 
     own_nice = os.getpriority(os.PRIO_PROCESS, 0)
     niced_share = 2 * NICE_WEIGHTS[39] / NICE_WEIGHTS[own_nice + 20]  # 0.03 at nice 0
-    niced, plain = load_beside(19), load_beside(0)
+    quiet = runnable_elsewhere()  # whatever else the machine runs meanwhile is not the children's
+    niced, plain = load_beside(19) - quiet, load_beside(0) - quiet
     assert niced == pytest.approx(niced_share, abs=0.4)
     assert threads_for_load(2, niced) == threads_for_load(2, niced_share)
     assert plain >= 1.5 and threads_for_load(2, plain) == 1
