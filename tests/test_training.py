@@ -377,6 +377,10 @@ def test_max_time_stops_after_the_step_in_flight_then_saves_and_evaluates(make_c
     assert summary["eval"]["held_out"]["images"] == 1  # the held-out image is still scored after the stop
     assert summary["epochs"] == 1 and summary["epochs_done"] == 0.5  # one step of two
     assert "and 0.5 epoch(s): training stops here" in caplog.text
+    # resumed with the budget lifted, the run trains epochs 2 and 3 whole: two and a half epochs' worth in all
+    train(make_cfg([*TINY, "trainer.epochs=3", "trainer.max_time=null", f"resume={run_dir}"], run_dir))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["epochs_done"] == 2.5
 
 
 def test_the_closing_lines_say_above_or_below_the_input():

@@ -229,7 +229,7 @@ def resume_progress(state: RunState) -> Progress:
             part.load_state_dict(saved[key])
     restore_rng(saved["rng"], state.shuffle)
     progress = Progress(saved["epoch"], saved["best_psnr"], saved["best_epoch"], saved.get("partial_epoch"),
-                        saved.get("train_time_s", 0.0))
+                        saved.get("train_time_s", 0.0), saved.get("epochs_cut_short", 0.0))
     best = (f"best val PSNR {progress.best_psnr:.3f} dB at epoch {progress.best_epoch}" if progress.best_epoch
             else "no epoch validated yet")
     log.info("resumed from %s after epoch %d%s (%s)", saved["path"], progress.epoch,
@@ -344,7 +344,7 @@ def checkpoint_state(state: RunState, epoch: int, row: dict | None = None) -> di
             "scaler": state.compute.scaler.state_dict(), "epoch": epoch, "rng": rng_state(state.shuffle),
             "config": OmegaConf.to_yaml(state.cfg, resolve=True), "metrics": row,
             "best_psnr": state.progress.best_psnr, "best_epoch": state.progress.best_epoch,
-            "train_time_s": state.budget.spent()}
+            "train_time_s": state.budget.spent(), "epochs_cut_short": state.progress.cut_short}
 
 
 @dataclass
@@ -390,7 +390,7 @@ def train_epoch(state: RunState, step: Step, epoch: int) -> EpochResult:
             return EpochResult(None, seen, {"step": index, "loss_sum": loss_sum.item(), "seen": seen,
                                             "shuffle_state": shuffle_state})
         if index < total and out_of_time(state, index):
-            state.progress.cut_at = index / total
+            state.progress.cut_short += 1 - index / total
             log.info("trainer.max_time reached at step %d of %d in epoch %d: validating and saving this epoch",
                      index, total, epoch)
             break

@@ -24,12 +24,12 @@ class Progress:
     best_epoch: int = 0
     partial: dict | None = None  # a mid-epoch interruption's place in its epoch
     spent: float = 0.0  # seconds of trainer.max_time used before this process
-    cut_at: float | None = None  # the share of its steps the last epoch ran when trainer.max_time cut it
+    cut_short: float = 0.0  # the epochs' worth of steps trainer.max_time cut from epochs it stopped (resumes add)
 
     def epochs_done(self, epochs: int) -> float:
-        """The epochs' worth of steps in ``epochs`` epochs run: a last epoch cut by trainer.max_time counts as the
-        share it ran."""
-        return round(epochs - 1 + self.cut_at, 3) if self.cut_at and epochs else epochs
+        """The epochs' worth of steps in ``epochs`` epochs run: an epoch cut by trainer.max_time counts as the share
+        it ran."""
+        return round(epochs - self.cut_short, 3) if self.cut_short else epochs
 
 
 @dataclass
