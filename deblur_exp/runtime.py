@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -261,8 +261,11 @@ def describe_device(device: torch.device | None) -> str:
     """What trained the run, for tables: the GPU's name, else the CPU with its thread count."""
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
+    return f"cpu ({threads_text(torch.get_num_threads())})"
+
+
+def threads_text(count: int) -> str:
+    return f"{count} thread{'s' if count != 1 else ''}"
 
 
 # ------------------------------------------------------------------------------------- CPU threads on a busy machine
@@ -277,21 +280,28 @@ def runnable_elsewhere(samples: int = 10, interval_s: float = 0.02) -> float | N
     between epochs, when only it runs). When that says busy, the runnable tasks are looked at one by one
     (``niced_discount``), so that jobs started with ``nice`` count for what they take. None where /proc/stat is
     missing."""
-    counts = []
-    for _ in range(samples):
-        try:
-            with open("/proc/stat") as stat:
-                counts += [int(line.split()[1]) for line in stat if line.startswith("procs_running")]
-        except OSError:
-            return None
-        time.sleep(interval_s)
-    if not counts:
+    try:
+        others = max(0.0, sampled(procs_running, samples, interval_s) - 1)
+    except (OSError, StopIteration):
         return None
-    others = max(0.0, sum(counts) / len(counts) - 1)
     if others < 0.5:
         return others
-    discounts = [niced_discount() for _ in range(samples // 2)]
-    return max(0.0, others - sum(discounts) / len(discounts))
+    return max(0.0, others - sampled(niced_discount, samples // 2, interval_s))
+
+
+def sampled(read: Callable[[], float], samples: int, interval_s: float) -> float:
+    """The mean of ``samples`` readings ``interval_s`` apart (runnable tasks come and go between readings)."""
+    readings = []
+    for _ in range(samples):
+        readings.append(read())
+        time.sleep(interval_s)
+    return sum(readings) / len(readings)
+
+
+def procs_running() -> int:
+    """The kernel's count of runnable tasks, this process's asking thread included."""
+    with open("/proc/stat") as stat:
+        return next(int(line.split()[1]) for line in stat if line.startswith("procs_running"))
 
 
 # The kernel's CPU weight of a task by its nice value, -20..19 (kernel/sched/core.c, sched_prio_to_weight).

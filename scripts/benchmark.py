@@ -60,6 +60,7 @@ from deblur_exp.runtime import (
     fit_threads_to_load,
     resolve_device,
     resolve_precision,
+    threads_text,
 )
 from deblur_exp.sweeps.summary import collect, epoch_times, projected_wall, projection_checks, steady_epoch
 from deblur_exp.tables import markdown_table, write_json
@@ -660,15 +661,12 @@ def summary_rows(report: dict) -> list[list[str]]:
 def contention_verdict(d: dict) -> str:
     """The busy-CPU section in words: quiet, then beside the busy processes in each arrangement."""
     busy = "; ".join(f"{prefix.removeprefix('busy').strip('_').replace('_', ' ') or 'own sessions'}: default "
-                     f"{d[f'{prefix}_default_samples_per_s']:.1f} ({threads(d[f'{prefix}_default_threads'])}) = "
+                     f"{d[f'{prefix}_default_samples_per_s']:.1f} "
+                     f"({threads_text(d[f'{prefix}_default_threads'])}) = "
                      f"{d[f'{prefix}_default_vs_quiet']:.0%}, fixed at {d['cores']} {d[f'{prefix}_fixed_vs_quiet']:.0%}"
                      for prefix in ARRANGEMENTS if f"{prefix}_default_samples_per_s" in d)
-    return (f"{d['model']}, quiet {d['quiet_samples_per_s']:.1f} ({threads(d['quiet_threads'])}); beside "
+    return (f"{d['model']}, quiet {d['quiet_samples_per_s']:.1f} ({threads_text(d['quiet_threads'])}); beside "
             f"{d['busy_processes']} busy processes in {busy}")
-
-
-def threads(count: int) -> str:
-    return f"{count} thread{'s' if count != 1 else ''}"
 
 
 SWEEP_GOAL = "goal: at most 8 min on one H100/H200, measured"

@@ -11,30 +11,16 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from split_probe import random_batches  # this folder's
-
-from deblur_exp.models import build_model
-from deblur_exp.runtime import autocast_for
+from split_probe import plain_step, probe_model, random_batches  # this folder's
 
 
 def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     steps, per_process = int(sys.argv[1]) if len(sys.argv) > 1 else 150, 4 // dist.get_world_size()
-    torch.manual_seed(0)
-    model = build_model("deblurcnn_res", dropout=0.0).to(memory_format=torch.channels_last)
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-    autocast = autocast_for("bf16", torch.device("cpu"))
+    model, optimizer = probe_model()
+    step = plain_step(torch.nn.parallel.DistributedDataParallel(model), optimizer)
     batches = random_batches(steps + 3, per_process)
-
-    def step(degraded, sharp):
-        with autocast():
-            loss = F.mse_loss(ddp(degraded), sharp)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
     for degraded, sharp in batches[:3]:
         step(degraded, sharp)

@@ -232,23 +232,33 @@ def random_batches(count: int, size: int) -> list[tuple[torch.Tensor, torch.Tens
             for _ in range(count)]
 
 
-def samples_per_s(split: int, steps: int) -> float:
-    """One thread (``split`` 1) or the batch split over ``split`` one-thread processes."""
+def probe_model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The probes' model and optimizer: deblurcnn_res, channels_last, Adam 3e-4, seeded."""
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     model = build_model("deblurcnn_res", dropout=0.0).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-    batches = random_batches(steps + 3, 4)
+    return model, torch.optim.Adam(model.parameters(), lr=3e-4)
+
+
+def plain_step(forward, optimizer: torch.optim.Optimizer):
+    """One bf16 MSE training step through ``forward`` (the model, or its DDP wrapper)."""
     autocast = autocast_for("bf16", torch.device("cpu"))
 
-    def one_thread(degraded, sharp):
+    def step(degraded, sharp):
         with autocast():
-            loss = F.mse_loss(model(degraded), sharp)
+            loss = F.mse_loss(forward(degraded), sharp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    step = SplitStep(model, optimizer, "mse", "bf16", split, 0) if split > 1 else one_thread
+    return step
+
+
+def samples_per_s(split: int, steps: int) -> float:
+    """One thread (``split`` 1) or the batch split over ``split`` one-thread processes."""
+    torch.set_num_threads(1)
+    model, optimizer = probe_model()
+    batches = random_batches(steps + 3, 4)
+    step = SplitStep(model, optimizer, "mse", "bf16", split, 0) if split > 1 else plain_step(model, optimizer)
     try:
         for degraded, sharp in batches[:3]:
             step(degraded, sharp)
