@@ -3,12 +3,12 @@
     python scripts/deblur.py [--model RUN_OR_CHECKPOINT_OR_pretrained:NAME] INPUT [INPUT ...] [--out DIR]
                              [--simulate] [--tile N] [--self-ensemble] [--device D]
 
-INPUT is an image file or a folder of them; without --model the package's default model restores them. Each restored image is written to DIR (default
-outputs/restored/<date>_<time>) as <name>_restored.png with
-a before/after figure; inputs are never overwritten. With --simulate the input is taken as sharp ground truth:
-it is degraded with the model's own training degradation first, then restored, and PSNR/SSIM of degraded and
-restored are reported (metrics.csv, with a mean row) with the Sharp | Degraded | Restored figure. Files that cannot be used are
-reported by name, the rest are still processed, and the exit status is 1 if anything failed.
+INPUT is an image file or a folder of them; without --model the package's default model restores them. Each
+restored image is written to DIR (default outputs/restored/<date>_<time>) as <name>_restored.png with a before/after
+figure; inputs are never overwritten. With --simulate the input is taken as sharp ground truth: it is degraded with
+the model's own training degradation first, then restored, and PSNR/SSIM of degraded and restored are reported
+(metrics.csv, with a mean row) with the Sharp | Degraded | Restored figure. Files that cannot be used are reported
+by name, the rest are still processed, and the exit status is 1 if anything failed.
 """
 
 from __future__ import annotations
@@ -99,6 +99,43 @@ def sharpness_warning(image, restorer, name: str) -> str | None:
             f"degrade it first")
 
 
+def output_path(out: Path, stem: str, kind: str) -> Path:
+    """Where an input's restored image or figure goes: <stem>_<kind>.png in the output folder."""
+    return out / f"{stem}_{kind}.png"
+
+
+def restore_file(path: Path, stem: str, args: argparse.Namespace, restorer, device, options) -> dict | None:
+    """Restore one input into ``args.out``; with --simulate, degrade it first and return its scores' row."""
+    image, grey = read_image_info(path, int(args.max_megapixels * 1e6))
+    restored_path = output_path(args.out, stem, "restored")
+    if not args.simulate:
+        warning = sharpness_warning(image, restorer, printable(path.name))
+        if warning:
+            tqdm.write(warning)
+        restored = restore_photo(restorer.model, restorer.color, image, device, options)
+        before_after(output_path(args.out, stem, "before_after"), image, restored, path.name)
+        # grey stays grey, an alpha channel is carried over untouched
+        write_image(restored_path, in_format_of(to_uint8(restored), grey, read_alpha(path)))
+        return None
+    scores, sharp, degraded, restored = score_image(restorer, image, device, options)
+    write_image(output_path(args.out, stem, "degraded"), viewable(degraded))
+    three_panel(output_path(args.out, stem, "panel"), sharp, degraded, restored, scores,
+                figure_title(path.name, restorer.degradation, sharp))
+    drawn = drawn_values(restorer.degradation, sharp)  # a pipeline's values for this image, else ""
+    tqdm.write(f"{printable(path.name)}: {describe_scores(scores, arrows=True)}" + (f" ({drawn})" if drawn else ""))
+    write_image(restored_path, to_uint8(restored))
+    return {"image": printable(path.name), "degradation": drawn, **scores}
+
+
+def write_scores(rows: list[dict], restorer, out: Path) -> None:
+    """metrics.csv of a --simulate run: a row per image and their mean."""
+    mean = {"image": "mean", **{k: float(np.mean([r[k] for r in rows])) for k in IMAGE_FIELDS[2:]}}
+    drawn = ["degradation"] if restorer.degradation.steps else []  # a pipeline's values, drawn per image
+    write_csv(out / "metrics.csv", [*rows, mean], [*IMAGE_FIELDS, *drawn])
+    if len(rows) > 1:
+        print(f"mean of {len(rows)} images: {describe_scores(mean, arrows=True)}")
+
+
 def main() -> int:
     args = parse_args()
     if args.tile is not None and args.tile < 1:
@@ -122,40 +159,18 @@ def main() -> int:
         while stem in used_names:  # two inputs with the same name from different folders
             stem += "_"
         used_names.add(stem)
-        restored_path = args.out / f"{stem}_restored.png"
-        if restored_path.resolve() in inputs:
-            problems.append(f"{path}: refusing to overwrite an input with {restored_path}")
+        if output_path(args.out, stem, "restored").resolve() in inputs:
+            problems.append(f"{path}: refusing to overwrite an input with {output_path(args.out, stem, 'restored')}")
             continue
         try:
-            image, grey = read_image_info(path, int(args.max_megapixels * 1e6))
-            if args.simulate:
-                scores, sharp, degraded, restored = score_image(restorer, image, device, options)
-                write_image(args.out / f"{stem}_degraded.png", viewable(degraded))
-                three_panel(args.out / f"{stem}_panel.png", sharp, degraded, restored, scores,
-                            figure_title(path.name, restorer.degradation, sharp))
-                drawn = drawn_values(restorer.degradation, sharp)  # a pipeline's values for this image, else ""
-                rows.append({"image": printable(path.name), "degradation": drawn, **scores})
-                tqdm.write(f"{printable(path.name)}: {describe_scores(scores, arrows=True)}"
-                           + (f" ({drawn})" if drawn else ""))
-            else:
-                warning = sharpness_warning(image, restorer, printable(path.name))
-                if warning:
-                    tqdm.write(warning)
-                restored = restore_photo(restorer.model, restorer.color, image, device, options)
-                before_after(args.out / f"{stem}_before_after.png", image, restored, path.name)
-            if args.simulate:
-                write_image(restored_path, to_uint8(restored))
-            else:  # grey stays grey, an alpha channel is carried over untouched
-                write_image(restored_path, in_format_of(to_uint8(restored), grey, read_alpha(path)))
-            written += 1
+            row = restore_file(path, stem, args, restorer, device, options)
         except DeblurError as exc:
             problems.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            continue
+        rows += [row] if row else []
+        written += 1
     if rows:
-        mean = {"image": "mean", **{k: float(np.mean([r[k] for r in rows])) for k in IMAGE_FIELDS[2:]}}
-        drawn = ["degradation"] if restorer.degradation.steps else []  # a pipeline's values, drawn per image
-        write_csv(args.out / "metrics.csv", [*rows, mean], [*IMAGE_FIELDS, *drawn])
-        if len(rows) > 1:
-            print(f"mean of {len(rows)} images: {describe_scores(mean, arrows=True)}")
+        write_scores(rows, restorer, args.out)
     for problem in problems:
         print(f"error: {problem}")
     if made_out and not any(args.out.iterdir()):  # nothing restored: leave no empty folder to puzzle over
@@ -164,7 +179,6 @@ def main() -> int:
     else:
         print(f"{written} image(s) restored into {args.out}; {len(problems)} problem(s)")
     return 1 if problems else 0
-
 
 if __name__ == "__main__":
     run_cli(main)
