@@ -216,7 +216,8 @@ def bench_training(models, device, steps, batch_size, precision) -> dict:
                          "memory_format": chosen, "loop_vs_ceiling": loop / row[f"ceiling_{chosen}"],
                          "ceiling_nchw_samples_per_s": row["ceiling_nchw"],
                          "ceiling_channels_last_samples_per_s": row["ceiling_channels_last"]}
-        print(f"  {name:18s} loop {loop:9.1f}/s  cuda_graph {graphed:9.1f}/s  ceiling {row[f'ceiling_{chosen}']:9.1f}/s ({chosen})  "
+        print(f"  {name:18s} loop {loop:9.1f}/s  cuda_graph {graphed:9.1f}/s  "
+              f"ceiling {row[f'ceiling_{chosen}']:9.1f}/s ({chosen})  "
               f"nchw {row['ceiling_nchw']:9.1f}/s  channels_last {row['ceiling_channels_last']:9.1f}/s", flush=True)
     return results
 
@@ -522,7 +523,7 @@ def check_args(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=SEED_MODELS)
     p.add_argument("--steps", type=int, default=16, help="timed training steps per measurement")
@@ -534,7 +535,8 @@ def main() -> int:
     p.add_argument("--skip", nargs="*", default=[],
                    choices=["data", "training", "degradation", "patches", "inference", "scoring", "large", "contention",
                             "sweep"])
-    p.add_argument("--contention-model", default=None, help="model of the busy-CPU section (default: the default model)")
+    p.add_argument("--contention-model", default=None,
+                   help="model of the busy-CPU section (default: the default model)")
     p.add_argument("--contention-steps", type=int, default=150,
                    help="timed training steps per busy-CPU measurement, at the trainer's default batch size")
     p.add_argument("--sweep-epochs", type=int, default=None,
@@ -548,14 +550,21 @@ def main() -> int:
                    help=f"extra train.py overrides for the sweep (default on CUDA: {' '.join(SWEEP_KNOBS['cuda'])})")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--json", type=Path, default=Path("benchmark.json"))
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def machine(args: argparse.Namespace, device: torch.device) -> dict:
+    """What the figures were measured on, and the settings every section shares."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps}
+
+
+def main() -> int:
+    args = parse_args()
     device = check_args(args)
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "device": str(device),
-                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                          "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps},
-              "run": provenance()}
+    report = {"machine": machine(args, device), "run": provenance()}
     try:  # prove the report can be written now, not after minutes of measuring
         write_json(args.json, report)
     except WriteFailed as exc:
@@ -585,15 +594,13 @@ def main() -> int:
             f"{k} {v:,.0f}" for k, v in steps["samples_per_s"].items()), flush=True)
     if "patches" not in args.skip:
         print(f"T91 patches: {save('patches', bench_patches(args.data_dir))}", flush=True)
+    set14 = args.data_dir / "Set14"
+    no_set14 = None if set14.is_dir() else {"skipped": f"no Set14 at {set14}"}
     if "inference" not in args.skip:
-        set14 = args.data_dir / "Set14"
-        result = (bench_inference(args.models[0], device, str(set14)) if set14.is_dir()
-                  else {"skipped": f"no Set14 at {set14}"})
+        result = no_set14 or bench_inference(args.models[0], device, str(set14))
         print(f"Set14 inference: {save('inference', result)}", flush=True)
     if "scoring" not in args.skip:
-        set14 = args.data_dir / "Set14"
-        result = (bench_scoring(args.models[0], device, set14) if set14.is_dir()
-                  else {"skipped": f"no Set14 at {set14}"})
+        result = no_set14 or bench_scoring(args.models[0], device, set14)
         print(f"Set14 evaluation (degrade, restore, score): {save('scoring', result)}", flush=True)
     if "large" not in args.skip:
         print(f"4000x3000 tiled: {save('large_image', bench_inference(args.large_model, device, 'large'))}",
@@ -604,20 +611,25 @@ def main() -> int:
         print(f"busy CPU: {contention_verdict(c)}", flush=True)
     sweep_epochs = args.sweep_epochs if args.sweep_epochs is not None else (4 if device.type == "cuda" else 0)
     if "sweep" not in args.skip and sweep_epochs > 0:
-        overrides = args.sweep_overrides if args.sweep_overrides is not None else SWEEP_KNOBS[device.type]
-        print(f"experiment=seed sweep, {len(args.models)} models in parallel, {sweep_epochs} epochs ...", flush=True)
-        sweep = save("seed_sweep", bench_sweep(args.models, device, sweep_epochs, overrides, args.sweep_launcher,
-                                               args.sweep_full_epochs))
-        print(f"  failed: {sweep['failed']}" if "failed" in sweep else
-              f"  {sweep_verdict(sweep)}; slowest job {sweep['slowest_steady_epoch_s']:.2f} s/epoch ({SWEEP_GOAL})",
-              flush=True)
-        for k, check in sweep.get("projection_checks", {}).items():
-            print(f"  back-test: {k} epochs would have projected {check['projected_minutes']:.1f} min, "
-                  f"{check['projected_vs_measured']:.2f}x the measured time", flush=True)
+        sweep_section(args, device, sweep_epochs, save)
     print("\n" + markdown_table(["measurement", "result", "target (2-core CPU; sweep: one H100-class GPU)"],
                                 summary_rows(report)))
     print(f"wrote {args.json}")
     return 0
+
+
+def sweep_section(args: argparse.Namespace, device: torch.device, epochs: int, save) -> None:
+    """The parallel experiment=seed sweep, timed, with its projection to the study's length back-tested."""
+    overrides = args.sweep_overrides if args.sweep_overrides is not None else SWEEP_KNOBS[device.type]
+    print(f"experiment=seed sweep, {len(args.models)} models in parallel, {epochs} epochs ...", flush=True)
+    sweep = save("seed_sweep", bench_sweep(args.models, device, epochs, overrides, args.sweep_launcher,
+                                           args.sweep_full_epochs))
+    print(f"  failed: {sweep['failed']}" if "failed" in sweep else
+          f"  {sweep_verdict(sweep)}; slowest job {sweep['slowest_steady_epoch_s']:.2f} s/epoch ({SWEEP_GOAL})",
+          flush=True)
+    for k, check in sweep.get("projection_checks", {}).items():
+        print(f"  back-test: {k} epochs would have projected {check['projected_minutes']:.1f} min, "
+              f"{check['projected_vs_measured']:.2f}x the measured time", flush=True)
 
 
 def summary_rows(report: dict) -> list[list[str]]:

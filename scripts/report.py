@@ -2,10 +2,11 @@
 
     python scripts/report.py SWEEP_OR_RUN [SWEEP_OR_RUN ...] [--out DIR] [--sets Set5 Set14] [--compare butterfly]
 
-Each run's checkpoint (its eval.checkpoint: best.pt unless the run chose last) is scored on whole images of the test sets in RGB and in Y with a 3-pixel crop
-(the super-resolution protocol), beside the degraded input and the seed notebook's reported figures. Writes
-DIR/results.md (and results.csv), DIR/curves.png (validation PSNR and losses per epoch, every run on one axes;
-whole-image PSNR per set too for runs trained with eval.every) and DIR/compare_<image>.png (each model's restoration of one image with a zoomed crop).
+Each run's checkpoint (its eval.checkpoint: best.pt unless the run chose last) is scored on whole images of the test
+sets in RGB and in Y with a 3-pixel crop (the super-resolution protocol), beside the degraded input and the seed
+notebook's reported figures. Writes DIR/results.md (and results.csv), DIR/curves.png (validation PSNR and losses per
+epoch, every run on one axes; whole-image PSNR per set too for runs trained with eval.every) and
+DIR/compare_<image>.png (each model's restoration of one image with a zoomed crop).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--degradation", help="score under this conf/degradation option instead of the runs' own")
     p.add_argument("--out", type=Path, help="folder for results.md, curves.png, compare_*.png "
                                             "(default: outputs/reports/<date>_<time>)")
-    p.add_argument("--sets", nargs="+", default=["Set5", "Set14"], help="folders under --data-dir (default: Set5 Set14)")
+    p.add_argument("--sets", nargs="+", default=["Set5", "Set14"],
+                   help="folders under --data-dir (default: Set5 Set14)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="default: $DEBLUR_DATA_DIR or data/")
     add_compare_option(p)
     p.add_argument("--y-crop", type=int, default=3, help="pixels shaved per side for the Y-channel scores (default 3)")

@@ -45,7 +45,8 @@ def job_progress(job: Path, epochs: int | None) -> list:
     steady = steady_epoch(times)
     done = int(rows[-1]["epoch"])
     left = max(epochs - done, 0)
-    return [job.name, done, epochs, f"{max(float(r['val_psnr']) for r in rows):.3f}", f"{times[0]:.1f}", f"{steady:.2f}",
+    best = max(float(r["val_psnr"]) for r in rows)
+    return [job.name, done, epochs, f"{best:.3f}", f"{times[0]:.1f}", f"{steady:.2f}",
             "finished" if left == 0 else f"{left * steady:.0f} (projection: {left} x {steady:.2f} s)"]
 
 

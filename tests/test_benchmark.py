@@ -84,7 +84,8 @@ def test_a_full_length_sweep_is_measured_and_back_tests_the_projection(tmp_path)
 @pytest.mark.slow
 def test_sweep_section_reports_a_failed_job(tmp_path):
     sweep, stdout = run_sweep_section(tmp_path, "optimizer.lr=-1")
-    assert "optimizer.lr" in sweep["failed"] and "| experiment=seed sweep, the models in parallel | failed: job" in stdout
+    assert "optimizer.lr" in sweep["failed"]
+    assert "| experiment=seed sweep, the models in parallel | failed: job" in stdout
 
 
 @pytest.mark.parametrize("args,message", [

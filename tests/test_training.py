@@ -214,8 +214,8 @@ def test_unwritable_output_fails_at_start(make_cfg, tmp_path):
 def test_seed_experiment_trains_on_t91(make_cfg, tmp_path, caplog):
     t91 = dataset("T91")
     cfg = make_cfg(["experiment=seed", "model=edsr", f"data.root={t91}", "trainer.epochs=1",
-                    "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.progress=false", "eval.enabled=false",
-                    "trainer.device=cpu"])
+                    "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.progress=false",
+                    "eval.enabled=false", "trainer.device=cpu"])
     with caplog.at_level(logging.INFO, logger="deblur_exp"):
         train(cfg)
     assert "19548 train / 2173 val patches of 35x35" in caplog.text

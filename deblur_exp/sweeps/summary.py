@@ -33,7 +33,8 @@ def job_row(job_dir: Path) -> dict:
     summary = json.loads(run.summary.read_text())
     row.update(status="ok", model=summary["model"], parameters=summary["parameters"],
                best_val_psnr=summary["best_val_psnr"], best_epoch=summary["best_epoch"],
-               epochs=summary.get("epochs_done", summary["epochs"]), train_time_s=summary["train_time_s"], samples_per_s=summary["samples_per_s"])
+               epochs=summary.get("epochs_done", summary["epochs"]), train_time_s=summary["train_time_s"],
+               samples_per_s=summary["samples_per_s"])
     # The do-nothing baseline in the same columns: the degraded input scored like the restored output.
     row["baseline"] = {"best_val_psnr": summary.get("val_psnr_degraded")}
     for set_name, scores in summary.get("eval", {}).items():
