@@ -253,6 +253,16 @@ def plain_step(forward, optimizer: torch.optim.Optimizer):
     return step
 
 
+def timed(step, batches: list[tuple[torch.Tensor, torch.Tensor]], warm_up: int = 3) -> float:
+    """Samples/s of ``step`` over ``batches``, the first ``warm_up`` of them untimed."""
+    for degraded, sharp in batches[:warm_up]:
+        step(degraded, sharp)
+    started = time.perf_counter()
+    for degraded, sharp in batches[warm_up:]:
+        step(degraded, sharp)
+    return sum(len(sharp) for _, sharp in batches[warm_up:]) / (time.perf_counter() - started)
+
+
 def samples_per_s(split: int, steps: int) -> float:
     """One thread (``split`` 1) or the batch split over ``split`` one-thread processes."""
     torch.set_num_threads(1)
@@ -260,12 +270,7 @@ def samples_per_s(split: int, steps: int) -> float:
     batches = random_batches(steps + 3, 4)
     step = SplitStep(model, optimizer, "mse", "bf16", split, 0) if split > 1 else plain_step(model, optimizer)
     try:
-        for degraded, sharp in batches[:3]:
-            step(degraded, sharp)
-        started = time.perf_counter()
-        for degraded, sharp in batches[3:]:
-            step(degraded, sharp)
-        return 4 * steps / (time.perf_counter() - started)
+        return timed(step, batches)
     finally:
         if split > 1:
             step.close()

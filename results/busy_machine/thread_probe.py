@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
-from split_probe import BUSY_LOOP, plain_step, probe_model, random_batches  # this folder's
+from split_probe import BUSY_LOOP, plain_step, probe_model, random_batches, timed  # this folder's
 
 from deblur_exp.runtime import autocast_for
 
@@ -62,13 +62,7 @@ def samples_per_s(kind: str, steps: int) -> float:
     model, optimizer = probe_model()
     step = (ThreadSplitStep(model, optimizer, int(kind.split()[1])) if kind.startswith("split")
             else plain_step(model, optimizer))
-    batches = random_batches(steps + 3, 4)
-    for degraded, sharp in batches[:3]:
-        step(degraded, sharp)
-    started = time.perf_counter()
-    for degraded, sharp in batches[3:]:
-        step(degraded, sharp)
-    return 4 * steps / (time.perf_counter() - started)
+    return timed(step, random_batches(steps + 3, 4))
 
 
 def report(label: str, steps: int) -> None:
