@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from deblur_exp.config import REPO_ROOT
+from deblur_exp.config import REPO_ROOT, env_or
 from deblur_exp.errors import DeblurError, Terminated
 
 
 def default_data_dir() -> Path:
     """The same rule as ``paths.data_dir``: $DEBLUR_DATA_DIR, else data/ in the repository."""
-    return Path(os.environ.get("DEBLUR_DATA_DIR", REPO_ROOT / "data"))
+    return Path(env_or("DEBLUR_DATA_DIR", REPO_ROOT / "data"))
 
 
 def default_output_dir(kind: str) -> Path:
@@ -24,7 +24,7 @@ def default_output_dir(kind: str) -> Path:
     as the runs' (``$DEBLUR_OUTPUT_DIR``, else outputs/ in the repository); never beside an input."""
     import time
 
-    root = Path(os.environ.get("DEBLUR_OUTPUT_DIR", REPO_ROOT / "outputs"))
+    root = Path(env_or("DEBLUR_OUTPUT_DIR", REPO_ROOT / "outputs"))
     return root / kind / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 

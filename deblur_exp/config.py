@@ -1,5 +1,5 @@
 """The configuration's ground floor: where ``conf/`` is, the resolvers its YAML uses (``${deblur_root:}``,
-``${deblur_run_id:}``, ``${deblur_job_name:...}``), durations, and ``settled``, the read-only copy a run reads.
+``${deblur_env:...}``, ``${deblur_run_id:}``, ``${deblur_job_name:...}``), durations, and ``settled``, the read-only copy a run reads.
 
 Each group's typed schema lives beside the code it configures; ``training/config.py`` composes them into the run's
 schema and checks ranges and consistency.
@@ -52,8 +52,15 @@ def config_groups() -> str:
     return "\n".join(lines) + "\n"
 
 
+def env_or(name: str, default):
+    """$name, or ``default`` where it is unset or empty: ``DEBLUR_OUTPUT_DIR=`` in a script means "not set", not
+    the file system's root."""
+    return os.environ.get(name) or default
+
+
 def register_resolvers() -> None:
     resolvers = {
+        "deblur_env": env_or,
         "deblur_config_groups": config_groups,
         "deblur_root": lambda: str(REPO_ROOT),
         "deblur_run_id": lambda: _RUN_ID,

@@ -91,6 +91,8 @@ def test_schema_rejects_typos_and_wrong_types(make_cfg, override, key):
     ("trainer.batch_size=0", "trainer.batch_size: must be a positive integer"),
     ("trainer.epochs=-1", "trainer.epochs: must be a positive integer"),
     ("data.stride=0", "data.stride: must be at least 1"),
+    ("data.root=/my/photos", "data.root: "),  # data=sample reads no folder: use data=folder
+    ("data.download=true", "data.download: "),
     ("data.val_fraction=1.0", "data.val_fraction: must lie strictly between 0 and 1"),
     ("data.scales=[1.0,1.5]", r"data.scales: must list factors in \(0, 1\]"),
     ("data.scales=[]", r"data.scales: must list factors in \(0, 1\]"),
@@ -113,6 +115,22 @@ def test_data_dir_comes_from_the_environment(monkeypatch, make_cfg):
     monkeypatch.delenv("DEBLUR_DATA_DIR")
     cfg = make_cfg(["data=t91"])
     assert Path(cfg.data.root) == Path(cfg.paths.root_dir) / "data" / "T91"
+
+
+@pytest.mark.parametrize("variable,key,default", [("DEBLUR_DATA_DIR", "paths.data_dir", "data"),
+                                                  ("DEBLUR_OUTPUT_DIR", "paths.output_root", "outputs")])
+def test_an_empty_environment_variable_counts_as_unset(monkeypatch, variable, key, default):
+    """``DEBLUR_OUTPUT_DIR=`` must not send a run's files to the file system's root."""
+    from hydra import compose, initialize_config_dir
+
+    from deblur_exp.cli import default_data_dir, default_output_dir
+
+    monkeypatch.setenv(variable, "")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train")  # the paths as a user gets them, none overridden
+    assert Path(OmegaConf.select(cfg, key)) == Path(cfg.paths.root_dir) / default
+    made_by_scripts = default_data_dir() if default == "data" else default_output_dir("eval").parents[1]
+    assert made_by_scripts == Path(cfg.paths.root_dir) / default
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -286,6 +286,10 @@ def check_model_params(cfg: DictConfig, need) -> None:
 
 def check_data(cfg: DictConfig, need) -> None:
     data, degradation = cfg.data, cfg.degradation
+    if data.source == "sample":  # scikit-image's bundled photos: a folder or download set here would be ignored
+        for key, unset in (("root", None), ("url", None), ("download", False)):
+            need(data[key] == unset, f"data.{key}", "is not read by data=sample (scikit-image's photos); to train "
+                                                    "on your own images use data=folder data.root=PATH")
     need(data.patch_size > 0, "data.patch_size", "must be a positive integer")
     need(data.stride >= 1, "data.stride", "must be at least 1")
     need(0 < data.val_fraction < 1, "data.val_fraction", "must lie strictly between 0 and 1")
