@@ -55,15 +55,13 @@ from deblur_exp.runtime import (
     PRECISIONS,
     TimeBudget,
     autocast_for,
-    autogroup_enabled,
-    cpu_cores,
-    fit_threads_to_load,
     resolve_device,
     resolve_precision,
     threads_text,
 )
 from deblur_exp.sweeps.summary import collect, epoch_times, projected_wall, projection_checks, steady_epoch
 from deblur_exp.tables import markdown_table, write_json
+from deblur_exp.training.cpu_threads import autogroup_enabled, cpu_cores, fit_threads_to_load
 from deblur_exp.training.loop import train_epoch
 from deblur_exp.training.state import Compute, PatchData, RunState
 from deblur_exp.training.step import eager_step, graphed

@@ -541,7 +541,7 @@ def test_init_weights_that_do_not_fit_are_refused_naming_the_file(make_cfg, tmp_
 
 @pytest.mark.parametrize("others, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (2.0, 1), (11.0, 1)])
 def test_cpu_threads_leave_the_cores_other_processes_hold(others, threads):
-    from deblur_exp.runtime import threads_for_load
+    from deblur_exp.training.cpu_threads import threads_for_load
 
     assert threads_for_load(2, others) == threads
     assert threads_for_load(16, others) == max(1, round(16 - others))
@@ -563,7 +563,7 @@ def test_runnable_tasks_count_by_what_they_take_from_this_process(tmp_path, grou
     sleeping task. Autogroup off: every task by its weight."""
     import os
 
-    from deblur_exp.runtime import NICE_WEIGHTS, niced_discount
+    from deblur_exp.training.cpu_threads import NICE_WEIGHTS, niced_discount
 
     proc = tmp_path / "proc"
     (proc / "sys" / "kernel").mkdir(parents=True)
@@ -588,7 +588,7 @@ def test_niced_jobs_of_this_session_leave_the_run_its_cores():
     import subprocess
     import sys
 
-    from deblur_exp.runtime import NICE_WEIGHTS, runnable_elsewhere, threads_for_load
+    from deblur_exp.training.cpu_threads import NICE_WEIGHTS, runnable_elsewhere, threads_for_load
 
     def load_beside(nice: int) -> float:
         # -S: no site import, so the busy loop starts at once; the child says when it is niced and spinning.
@@ -615,11 +615,11 @@ def test_niced_jobs_of_this_session_leave_the_run_its_cores():
 def test_a_run_on_a_busy_cpu_trains_with_fewer_threads_and_says_so(make_cfg, tmp_path, monkeypatch, caplog):
     """trainer.num_threads=null: the run starts from all its cores and drops to the free ones while other processes
     are runnable, checked before every epoch."""
-    import deblur_exp.runtime as runtime
+    import deblur_exp.training.cpu_threads as cpu_threads
 
     busy = iter([3.0, 0.0])  # before epoch 1: busy; before epoch 2: quiet again
-    monkeypatch.setattr(runtime, "runnable_elsewhere", lambda: next(busy))
-    monkeypatch.setattr(runtime, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(cpu_threads, "runnable_elsewhere", lambda: next(busy))
+    monkeypatch.setattr(cpu_threads, "cpu_cores", lambda: 2)
     import deblur_exp.training.loop as loop
     monkeypatch.setattr(loop, "cpu_cores", lambda: 2)
     seen = []

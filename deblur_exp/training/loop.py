@@ -42,8 +42,6 @@ from deblur_exp.runtime import (
     TimeBudget,
     TrainingInterrupted,
     autocast_for,
-    cpu_cores,
-    fit_threads_to_load,
     init_distributed,
     resolve_device,
     resolve_precision,
@@ -52,6 +50,7 @@ from deblur_exp.runtime import (
     seed_everything,
 )
 from deblur_exp.training.config import check_config
+from deblur_exp.training.cpu_threads import cpu_cores, fit_threads_to_load
 from deblur_exp.training.losses import LOSSES
 from deblur_exp.training.schedules import make_scheduler, schedule_hook, step_scheduler
 from deblur_exp.training.state import Compute, PatchData, Progress, RunState
