@@ -3,7 +3,7 @@
 # summary.md (phase "fast"; it first checks, in seconds, that trainer.cuda_graph's
 # replays follow eager steps on this device), and its first PLAIN_EPOCHS epochs held against a plain sweep: fp32,
 # eager, one process per job (phase "plain", scripts/compare_sweeps.py, the 0.1 dB rule); then Set14 evaluation
-# images/s on this device, torch SSIM vs scikit-image (phase "scoring", scripts/benchmark.py; issue 10's point 4).
+# images/s on this device, torch SSIM vs scikit-image (phase "scoring", scripts/benchmark.py).
 # Writes into OUT: timing.txt, graph_check.log, fast.log, summary_fast.md and weights_fast.tar (every job's
 # best.pt, weights only) or, for a sweep stopped at FAST_LIMIT, progress_fast.md; plain.log, compare.md,
 # scoring.json, and sweeps.tar.gz (both sweeps' logs, metrics and summaries; no checkpoints). At most 7 files a
@@ -13,7 +13,7 @@
 #   PHASES=fast ... then PHASES='plain scoring' ...       (two calls on the warm machine: each fits a 600 s call)
 #   MPS=1 ...                                             (five processes, compiled, under CUDA MPS)
 #
-# The fast sweep: joblib, a process per job, torch.compile with CUDA graphs. FAST_LIMIT (seconds, default 480: issue 10's goal): a sweep still running then
+# The fast sweep: joblib, a process per job, torch.compile with CUDA graphs. FAST_LIMIT (seconds, default 480: the 8-minute goal): a sweep still running then
 # is stopped with SIGTERM (every job saves last.pt; resume=auto continues it) and progress_fast.md records the
 # epochs each job reached and its measured epoch times. PLAIN_EPOCHS (default 20). SWEEPS (default
 # outputs/gpu_sweep_check) holds the sweeps between the phases. Any further arguments are train.py overrides for
@@ -65,11 +65,11 @@ if [[ " $phases " == *" fast "* ]]; then
     python - "$sweeps"/fast/*/checkpoints/best.pt <<'SLIM' \
       && (cd "$sweeps" && tar -cf "$out/weights_fast.tar" fast/*/checkpoints/best.pt) || status=1
 import sys
-from deblur_exp.checkpoint import drop_training_state
+from deblur_exp.runs.checkpoint import drop_training_state
 for path in sys.argv[1:]:
     drop_training_state(path)
 SLIM
-    # issue #10 point 3: each job's epochs, and how far a projection from the first epochs was from this wall time
+    # each job's epochs, and how far a projection from the first epochs was from this wall time
     python scripts/sweep_progress.py "$sweeps/fast" --wall "$wall" >> "$out/timing.txt" 2>&1 \
       || echo "(no back-test: see the line above)" >> "$out/timing.txt"
   else  # stopped or failed: how far each job got, its epoch times, and what it would still need
