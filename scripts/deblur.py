@@ -159,8 +159,8 @@ def main() -> int:
         while stem in used_names:  # two inputs with the same name from different folders
             stem += "_"
         used_names.add(stem)
-        if output_path(args.out, stem, "restored").resolve() in inputs:
-            problems.append(f"{path}: refusing to overwrite an input with {output_path(args.out, stem, 'restored')}")
+        if (restored_path := output_path(args.out, stem, "restored")).resolve() in inputs:
+            problems.append(f"{path}: refusing to overwrite an input with {restored_path}")
             continue
         try:
             row = restore_file(path, stem, args, restorer, device, options)
