@@ -1,5 +1,6 @@
 """The configuration's ground floor: where ``conf/`` is, the resolvers its YAML uses (``${deblur_root:}``,
-``${deblur_env:...}``, ``${deblur_run_id:}``, ``${deblur_job_name:...}``), durations, and ``settled``, the read-only copy a run reads.
+``${deblur_env:...}``, ``${deblur_run_id:}``, ``${deblur_job_name:...}``), durations, and ``settled``, the
+read-only copy a run reads.
 
 Each group's typed schema lives beside the code it configures; ``training/config.py`` composes them into the run's
 schema and checks ranges and consistency.

@@ -11,6 +11,7 @@ process per core, one thread vs the split:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
 import math
@@ -226,6 +227,20 @@ def serve(conn, model: torch.nn.Module, optimizer_kind: tuple, loss: str, precis
 BUSY_LOOP = "while True: pass"
 
 
+@contextlib.contextmanager
+def busy_processes(own_sessions: bool, count: int = 2):
+    """``count`` busy processes, each in a session of its own or in this process's, stopped on leaving."""
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], start_new_session=own_sessions)
+            for _ in range(count)]
+    try:
+        time.sleep(1.0)
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+
+
 def random_batches(count: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` (degraded, sharp) batches of ``size`` random 35x35 patches, channels_last like training's."""
     return [tuple(torch.rand(size, 3, 35, 35).contiguous(memory_format=torch.channels_last) for _ in range(2))
@@ -282,16 +297,9 @@ def main() -> None:
     steps = parser.parse_args().steps
     print(f"quiet: one thread {samples_per_s(1, steps):.1f}, split over 2 {samples_per_s(2, steps):.1f}", flush=True)
     for own_sessions in (True, False):
-        busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], start_new_session=own_sessions)
-                for _ in range(2)]
-        try:
-            time.sleep(1.0)
+        with busy_processes(own_sessions):
             print(f"beside 2 busy processes {'in own sessions' if own_sessions else 'of this session'}: one thread "
                   f"{samples_per_s(1, steps):.1f}, split over 2 {samples_per_s(2, steps):.1f}", flush=True)
-        finally:
-            for process in busy:
-                process.kill()
-                process.wait()
 
 
 if __name__ == "__main__":

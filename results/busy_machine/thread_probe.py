@@ -10,15 +10,13 @@ core of this session and of sessions of their own, then quiet again: one thread,
 in chunks of 1 and of 2 samples.
 """
 
-import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
-from split_probe import BUSY_LOOP, plain_step, probe_model, random_batches, timed  # this folder's
+from split_probe import busy_processes, plain_step, probe_model, random_batches, timed  # this folder's
 
 from deblur_exp.runtime import autocast_for
 
@@ -74,15 +72,8 @@ def main() -> None:
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 150
     report("quiet", steps)
     for own_sessions in (False, True):
-        busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], start_new_session=own_sessions)
-                for _ in range(2)]
-        try:
-            time.sleep(1.0)
+        with busy_processes(own_sessions):
             report(f"beside 2 busy processes {'in own sessions' if own_sessions else 'of this session'}", steps)
-        finally:
-            for process in busy:
-                process.kill()
-                process.wait()
     report("quiet again", steps)
 
 
